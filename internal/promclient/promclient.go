@@ -1,0 +1,111 @@
+// Package promclient builds a Prometheus HTTP API client from the command
+// line's Prometheus flags. The same client works against Prometheus, Thanos,
+// Mimir, Cortex and VictoriaMetrics: they all serve the Prometheus HTTP API.
+// Transport concerns (bearer token file, CA, custom headers such as Mimir's
+// X-Scope-OrgID) are delegated to prometheus/common's HTTP client config,
+// which also keeps the token out of logs and error messages.
+package promclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/api"
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/config"
+)
+
+// Options are the Prometheus connection settings.
+type Options struct {
+	URL                string
+	BearerTokenFile    string
+	CAFile             string
+	InsecureSkipVerify bool
+	Timeout            time.Duration
+	// Headers are extra request headers, e.g. X-Scope-OrgID for Mimir/Cortex.
+	Headers map[string]string
+}
+
+// ParseHeaders turns repeated KEY=VALUE flags into a header map.
+func ParseHeaders(kvs []string) (map[string]string, error) {
+	h := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--prometheus-header %q must be KEY=VALUE, e.g. X-Scope-OrgID=tenant-1", kv)
+		}
+		if strings.EqualFold(k, "Authorization") {
+			return nil, fmt.Errorf("--prometheus-header must not set Authorization: use --prometheus-bearer-token-file so the token is never printed")
+		}
+		h[http.CanonicalHeaderKey(k)] = v
+	}
+	return h, nil
+}
+
+// Validate rejects settings that cannot work, before any request is made.
+func (o Options) Validate() error {
+	if o.URL == "" {
+		return errors.New("no Prometheus URL: pass --prometheus-url or set PROMETHEUS_URL")
+	}
+	u, err := url.Parse(o.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("--prometheus-url %q must be an http:// or https:// URL such as http://prometheus.istio-system:9090", o.URL)
+	}
+	if o.Timeout <= 0 {
+		return fmt.Errorf("--prometheus-timeout must be positive, got %s", o.Timeout)
+	}
+	return nil
+}
+
+// New returns a client for the Prometheus HTTP API.
+func New(o Options) (v1.API, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	cfg := config.HTTPClientConfig{
+		TLSConfig: config.TLSConfig{
+			CAFile:             o.CAFile,
+			InsecureSkipVerify: o.InsecureSkipVerify,
+		},
+		FollowRedirects: true,
+		EnableHTTP2:     true,
+	}
+	if o.BearerTokenFile != "" {
+		cfg.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: o.BearerTokenFile}
+	}
+	if len(o.Headers) > 0 {
+		cfg.HTTPHeaders = &config.Headers{Headers: map[string]config.Header{}}
+		for k, v := range o.Headers {
+			cfg.HTTPHeaders.Headers[k] = config.Header{Values: []string{v}}
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("prometheus client settings: %w", err)
+	}
+	rt, err := config.NewRoundTripperFromConfig(cfg, "mtls-migrate")
+	if err != nil {
+		return nil, fmt.Errorf("prometheus client settings (check --prometheus-ca-file and --prometheus-bearer-token-file): %w", err)
+	}
+	c, err := api.NewClient(api.Config{Address: o.URL, RoundTripper: rt})
+	if err != nil {
+		return nil, fmt.Errorf("prometheus client for %s: %w", o.URL, err)
+	}
+	return v1.NewAPI(c), nil
+}
+
+// Ping checks that Prometheus answers, with a message saying what to do
+// when it does not.
+func Ping(ctx context.Context, api v1.API, o Options) error {
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	if _, _, _, err := api.Query(ctx, "vector(1)", time.Now()); err != nil {
+		return fmt.Errorf("prometheus at %s did not answer within %s: %w; check --prometheus-url, --prometheus-ca-file and --prometheus-bearer-token-file", o.URL, o.Timeout, err)
+	}
+	return nil
+}

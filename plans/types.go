@@ -1,0 +1,272 @@
+package plans
+
+import "time"
+
+// APIVersion and Kind identify the plan document.
+const (
+	APIVersion = "mtls-migrate.io/v1alpha1"
+	Kind       = "MigrationPlan"
+)
+
+// Plan is a staged migration plan: one namespace per stage, the mesh-wide
+// policy last. Field order here is the order fields are written in.
+type Plan struct {
+	APIVersion string   `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string   `yaml:"kind" json:"kind"`
+	Metadata   Metadata `yaml:"metadata" json:"metadata"`
+	Stages     []Stage  `yaml:"stages" json:"stages"`
+}
+
+// Metadata records what the plan was built from, so apply can refuse a plan
+// that no longer matches the cluster.
+type Metadata struct {
+	Name          string    `yaml:"name" json:"name"`
+	GeneratedAt   time.Time `yaml:"generatedAt" json:"generatedAt"`
+	Window        Duration  `yaml:"window" json:"window"`
+	PrometheusURL string    `yaml:"prometheusURL,omitempty" json:"prometheusURL,omitempty"`
+	ClusterServer string    `yaml:"clusterServer,omitempty" json:"clusterServer,omitempty"`
+	RootNamespace string    `yaml:"rootNamespace" json:"rootNamespace"`
+	IstioVersion  string    `yaml:"istioVersion,omitempty" json:"istioVersion,omitempty"`
+	// AutoMTLS mirrors meshConfig.enableAutoMtls; nil when it could not be read.
+	AutoMTLS *bool `yaml:"autoMTLS,omitempty" json:"autoMTLS,omitempty"`
+	// Queries are the PromQL queries the evidence came from, for review.
+	Queries []string `yaml:"queries,omitempty" json:"queries,omitempty"`
+	// ConfigDigest is a digest of every PeerAuthentication and DestinationRule
+	// the planner saw (see Stage.PolicyDigest for the per-namespace one).
+	ConfigDigest string `yaml:"configDigest,omitempty" json:"configDigest,omitempty"`
+}
+
+// Scope says what a stage's policy covers.
+type Scope string
+
+// Scopes.
+const (
+	ScopeNamespace Scope = "namespace"
+	ScopeMesh      Scope = "mesh"
+)
+
+// Status is the planner's verdict on a stage.
+type Status string
+
+// Statuses.
+const (
+	StatusReady       Status = "ready"
+	StatusBlocked     Status = "blocked"
+	StatusNeedsReview Status = "needs-review"
+)
+
+// Mode is an Istio PeerAuthentication mTLS mode.
+type Mode string
+
+// Modes, as spelled in security.istio.io PeerAuthentication.
+const (
+	ModeUnset      Mode = "UNSET"
+	ModeDisable    Mode = "DISABLE"
+	ModePermissive Mode = "PERMISSIVE"
+	ModeStrict     Mode = "STRICT"
+)
+
+// Stage moves one namespace (or, for the last stage, the mesh) to a target mode.
+type Stage struct {
+	Number    int    `yaml:"number" json:"number"`
+	Namespace string `yaml:"namespace" json:"namespace"`
+	// Scope is "namespace" (the default when empty) or "mesh" for the
+	// root-namespace stage.
+	Scope  Scope  `yaml:"scope,omitempty" json:"scope,omitempty"`
+	Status Status `yaml:"status" json:"status"`
+	// Rationale says why the stage stands where it stands in the order.
+	Rationale string `yaml:"rationale,omitempty" json:"rationale,omitempty"`
+	// CurrentMode and TargetMode are the namespace-level effective modes
+	// before and after the stage.
+	CurrentMode Mode `yaml:"currentMode,omitempty" json:"currentMode,omitempty"`
+	TargetMode  Mode `yaml:"targetMode" json:"targetMode"`
+	// PolicyDigest is a digest of the namespace's PeerAuthentications when the
+	// plan was made; apply refuses when they changed since.
+	PolicyDigest string       `yaml:"policyDigest,omitempty" json:"policyDigest,omitempty"`
+	Evidence     Evidence     `yaml:"evidence" json:"evidence"`
+	Modes        []ModeChange `yaml:"modes,omitempty" json:"modes,omitempty"`
+	Risks        []Risk       `yaml:"risks,omitempty" json:"risks,omitempty"`
+	Policy       Policy       `yaml:"policy" json:"policy"`
+	Probes       []Probe      `yaml:"probes,omitempty" json:"probes,omitempty"`
+	Gates        []Gate       `yaml:"gates,omitempty" json:"gates,omitempty"`
+	Soak         Duration     `yaml:"soak" json:"soak"`
+}
+
+// Evidence is what telemetry and the cluster showed about a namespace over
+// the plan's window. Rates are per second, averaged over the window.
+type Evidence struct {
+	// HasTelemetry is false when Prometheus had no Istio series for the
+	// namespace's workloads: "no data" is never read as "no plaintext".
+	HasTelemetry            bool     `yaml:"hasTelemetry" json:"hasTelemetry"`
+	MTLSRequestRate         float64  `yaml:"mtlsRequestRate" json:"mtlsRequestRate"`
+	PlaintextRequestRate    float64  `yaml:"plaintextRequestRate" json:"plaintextRequestRate"`
+	MTLSConnectionRate      float64  `yaml:"mtlsConnectionRate" json:"mtlsConnectionRate"`
+	PlaintextConnectionRate float64  `yaml:"plaintextConnectionRate" json:"plaintextConnectionRate"`
+	PlaintextByteRate       float64  `yaml:"plaintextByteRate,omitempty" json:"plaintextByteRate,omitempty"`
+	PlaintextSources        []Source `yaml:"plaintextSources,omitempty" json:"plaintextSources,omitempty"`
+	Sidecars                Coverage `yaml:"sidecars" json:"sidecars"`
+}
+
+// Source is one client sending plaintext into the namespace. Workload
+// "unknown" means a client outside the mesh or without a sidecar.
+type Source struct {
+	Workload            string    `yaml:"workload" json:"workload"`
+	Namespace           string    `yaml:"namespace" json:"namespace"`
+	Principal           string    `yaml:"principal,omitempty" json:"principal,omitempty"`
+	DestinationWorkload string    `yaml:"destinationWorkload,omitempty" json:"destinationWorkload,omitempty"`
+	RequestRate         float64   `yaml:"requestRate" json:"requestRate"`
+	ConnectionRate      float64   `yaml:"connectionRate,omitempty" json:"connectionRate,omitempty"`
+	LastSeen            time.Time `yaml:"lastSeen" json:"lastSeen"`
+}
+
+// Coverage counts running pods and those with a sidecar.
+type Coverage struct {
+	Pods   int `yaml:"pods" json:"pods"`
+	Meshed int `yaml:"meshed" json:"meshed"`
+}
+
+// ModeChange is the effective mode of one workload (and optionally one port)
+// before and after the stage, recorded where it differs from the namespace's.
+type ModeChange struct {
+	Workload string `yaml:"workload" json:"workload"`
+	Port     int32  `yaml:"port,omitempty" json:"port,omitempty"`
+	Before   Mode   `yaml:"before" json:"before"`
+	After    Mode   `yaml:"after" json:"after"`
+}
+
+// Severity says what a risk does to a stage's status.
+type Severity string
+
+// Severities.
+const (
+	SeverityBlock  Severity = "block"
+	SeverityReview Severity = "review"
+	SeverityInfo   Severity = "info"
+)
+
+// Risk is one thing that STRICT could break, with the fix.
+type Risk struct {
+	Code     string    `yaml:"code" json:"code"`
+	Severity Severity  `yaml:"severity" json:"severity"`
+	Message  string    `yaml:"message" json:"message"`
+	Object   ObjectRef `yaml:"object,omitempty" json:"object,omitempty"`
+	Fix      string    `yaml:"fix,omitempty" json:"fix,omitempty"`
+}
+
+// ObjectRef names the Kubernetes object a risk is about.
+type ObjectRef struct {
+	APIVersion string `yaml:"apiVersion,omitempty" json:"apiVersion,omitempty"`
+	Kind       string `yaml:"kind,omitempty" json:"kind,omitempty"`
+	Namespace  string `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+	Name       string `yaml:"name,omitempty" json:"name,omitempty"`
+}
+
+// IsZero lets yaml omit an empty reference.
+func (o ObjectRef) IsZero() bool { return o == ObjectRef{} }
+
+// Policy is the PeerAuthentication the stage applies, in the shape of the
+// Kubernetes object so a reviewer reads exactly what will be written.
+type Policy struct {
+	APIVersion string         `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string         `yaml:"kind" json:"kind"`
+	Metadata   PolicyMetadata `yaml:"metadata" json:"metadata"`
+	Spec       PolicySpec     `yaml:"spec" json:"spec"`
+	// UpdatesExisting is true when the stage patches a namespace-wide policy
+	// that already exists (Istio keeps the oldest of two namespace-wide
+	// policies, so adding a second one would be ignored).
+	UpdatesExisting bool `yaml:"updatesExisting,omitempty" json:"updatesExisting,omitempty"`
+}
+
+// PolicyMetadata is the subset of ObjectMeta the plan controls.
+type PolicyMetadata struct {
+	Name      string            `yaml:"name" json:"name"`
+	Namespace string            `yaml:"namespace" json:"namespace"`
+	Labels    map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// PolicySpec is the namespace-wide PeerAuthentication spec.
+type PolicySpec struct {
+	MTLS PolicyMTLS `yaml:"mtls" json:"mtls"`
+}
+
+// PolicyMTLS holds the mode.
+type PolicyMTLS struct {
+	Mode Mode `yaml:"mode" json:"mode"`
+}
+
+// ProbeKind is how a probe is made.
+type ProbeKind string
+
+// Probe kinds.
+const (
+	// ProbeHTTP is an HTTP request made by the tool's own process: from a
+	// sidecar-less vantage point, i.e. a plaintext client.
+	ProbeHTTP ProbeKind = "http"
+	// ProbeExec runs a command (curl by default) in an existing pod.
+	ProbeExec ProbeKind = "exec"
+)
+
+// Probe is one check made after the policy reached the proxies.
+type Probe struct {
+	Name string    `yaml:"name" json:"name"`
+	Kind ProbeKind `yaml:"kind" json:"kind"`
+	URL  string    `yaml:"url" json:"url"`
+	// Resolve overrides name resolution as curl's --resolve does:
+	// "host:port:address".
+	Resolve string `yaml:"resolve,omitempty" json:"resolve,omitempty"`
+	// Pod and Container select where an exec probe runs ("namespace/name" or
+	// a name in the stage's namespace).
+	Pod       string `yaml:"pod,omitempty" json:"pod,omitempty"`
+	Container string `yaml:"container,omitempty" json:"container,omitempty"`
+	// Command overrides the exec probe's command; the default is curl on URL.
+	Command []string `yaml:"command,omitempty" json:"command,omitempty"`
+	Expect  Expect   `yaml:"expect" json:"expect"`
+}
+
+// Expect is a probe's expectation: an HTTP status, or that the connection is
+// refused or reset (what a plaintext client sees under STRICT).
+type Expect struct {
+	Status  int  `yaml:"status,omitempty" json:"status,omitempty"`
+	Refused bool `yaml:"refused,omitempty" json:"refused,omitempty"`
+}
+
+// Comparison is how a gate's value is compared with its threshold.
+type Comparison string
+
+// Comparisons.
+const (
+	GreaterOrEqual Comparison = ">="
+	Greater        Comparison = ">"
+	LessOrEqual    Comparison = "<="
+	Less           Comparison = "<"
+)
+
+// Relative says how a gate's threshold relates to the baseline the executor
+// measures before the change.
+type Relative string
+
+// Relative thresholds.
+const (
+	// Absolute: the threshold is the number itself.
+	Absolute Relative = ""
+	// BaselineMinus: the threshold is baseline - threshold (e.g. success
+	// rate may drop by at most 0.01).
+	BaselineMinus Relative = "baseline-minus"
+	// BaselineTimes: the threshold is baseline * threshold (e.g. request
+	// rate must stay above 0.8 of what it was).
+	BaselineTimes Relative = "baseline-times"
+)
+
+// Gate is a Prometheus health check evaluated through the soak.
+type Gate struct {
+	Name       string     `yaml:"name" json:"name"`
+	Query      string     `yaml:"query" json:"query"`
+	Comparison Comparison `yaml:"comparison" json:"comparison"`
+	Threshold  float64    `yaml:"threshold" json:"threshold"`
+	Relative   Relative   `yaml:"relative,omitempty" json:"relative,omitempty"`
+	// SamplesQuery counts the requests behind Query over the same interval;
+	// with fewer than MinSamples the gate reports "not enough data" rather
+	// than passing silently.
+	SamplesQuery string `yaml:"samplesQuery,omitempty" json:"samplesQuery,omitempty"`
+	MinSamples   int    `yaml:"minSamples,omitempty" json:"minSamples,omitempty"`
+}

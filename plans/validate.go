@@ -1,0 +1,273 @@
+package plans
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// PeerAuthentication identifiers the plan's policies must use: apply writes
+// security.istio.io/v1.
+const (
+	PolicyAPIVersion = "security.istio.io/v1"
+	PolicyKind       = "PeerAuthentication"
+)
+
+// Validate checks a decoded plan and returns every problem found, with
+// field paths (lines are filled in by Load). An empty result means valid.
+func Validate(p *Plan) []Problem {
+	v := &validator{}
+	if p.APIVersion != APIVersion {
+		v.add("apiVersion", "must be %q, got %q", APIVersion, p.APIVersion)
+	}
+	if p.Kind != Kind {
+		v.add("kind", "must be %q, got %q", Kind, p.Kind)
+	}
+	v.metadata(&p.Metadata)
+	if len(p.Stages) == 0 {
+		v.add("stages", "a plan needs at least one stage")
+	}
+	seen := map[string]Mode{}
+	for i := range p.Stages {
+		v.stage(p, i, seen)
+	}
+	return v.problems
+}
+
+type validator struct{ problems []Problem }
+
+func (v *validator) add(field, format string, args ...any) {
+	v.problems = append(v.problems, Problem{Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) dnsLabel(field, value, what string) {
+	if value == "" {
+		v.add(field, "%s is required", what)
+		return
+	}
+	if errs := validation.IsDNS1123Label(value); len(errs) > 0 {
+		v.add(field, "%q is not a valid %s: %s", value, what, strings.Join(errs, "; "))
+	}
+}
+
+func (v *validator) metadata(m *Metadata) {
+	if strings.TrimSpace(m.Name) == "" {
+		v.add("metadata.name", "a plan needs a name")
+	}
+	if m.GeneratedAt.IsZero() {
+		v.add("metadata.generatedAt", "is required (RFC 3339 time)")
+	}
+	if m.Window <= 0 {
+		v.add("metadata.window", "the telemetry window must be positive, e.g. 7d")
+	}
+	if m.PrometheusURL != "" {
+		v.httpURL("metadata.prometheusURL", m.PrometheusURL)
+	}
+	if m.ClusterServer != "" {
+		v.httpURL("metadata.clusterServer", m.ClusterServer)
+	}
+	v.dnsLabel("metadata.rootNamespace", m.RootNamespace, "namespace name")
+}
+
+func (v *validator) httpURL(field, raw string) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		v.add(field, "%q is not a URL: %v", raw, err)
+		return
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		v.add(field, "%q must be an http:// or https:// URL", raw)
+		return
+	}
+	if u.Host == "" {
+		v.add(field, "%q has no host", raw)
+	}
+}
+
+func (v *validator) stage(p *Plan, i int, seen map[string]Mode) {
+	s := &p.Stages[i]
+	f := func(name string) string { return fmt.Sprintf("stages[%d].%s", i, name) }
+
+	if s.Number != i+1 {
+		v.add(f("number"), "stages must be numbered 1..n in order: expected %d, got %d", i+1, s.Number)
+	}
+	v.dnsLabel(f("namespace"), s.Namespace, "namespace name (DNS-1123 label)")
+	switch s.Scope {
+	case "", ScopeNamespace:
+	case ScopeMesh:
+		if i != len(p.Stages)-1 {
+			v.add(f("scope"), "only the last stage may have scope mesh")
+		}
+		if s.Namespace != p.Metadata.RootNamespace {
+			v.add(f("namespace"), "a mesh-scope stage applies in the root namespace %q, not %q", p.Metadata.RootNamespace, s.Namespace)
+		}
+	default:
+		v.add(f("scope"), "must be namespace or mesh, got %q", s.Scope)
+	}
+	switch s.Status {
+	case StatusReady, StatusBlocked, StatusNeedsReview:
+	default:
+		v.add(f("status"), "must be ready, blocked or needs-review, got %q", s.Status)
+	}
+	switch s.TargetMode {
+	case ModeStrict, ModePermissive:
+	default:
+		v.add(f("targetMode"), "must be STRICT or PERMISSIVE, got %q", s.TargetMode)
+	}
+	switch s.CurrentMode {
+	case "", ModeUnset, ModeDisable, ModePermissive, ModeStrict:
+	default:
+		v.add(f("currentMode"), "must be one of UNSET, DISABLE, PERMISSIVE, STRICT, got %q", s.CurrentMode)
+	}
+	if s.CurrentMode == ModeDisable && s.TargetMode == ModeStrict {
+		v.add(f("targetMode"), "a namespace that is DISABLE goes to PERMISSIVE in its own stage first, never straight to STRICT")
+	}
+	if prev, ok := seen[s.Namespace]; ok && !(prev == ModePermissive && s.TargetMode == ModeStrict) {
+		v.add(f("namespace"), "namespace %q already has a stage; a namespace appears twice only for PERMISSIVE then STRICT", s.Namespace)
+	}
+	seen[s.Namespace] = s.TargetMode
+
+	for j, r := range s.Risks {
+		rf := func(name string) string { return fmt.Sprintf("stages[%d].risks[%d].%s", i, j, name) }
+		if r.Code == "" {
+			v.add(rf("code"), "a risk needs a code")
+		}
+		switch r.Severity {
+		case SeverityBlock, SeverityReview, SeverityInfo:
+		default:
+			v.add(rf("severity"), "must be block, review or info, got %q", r.Severity)
+		}
+	}
+	v.policy(f("policy"), s)
+	names := map[string]bool{}
+	for j := range s.Probes {
+		v.probe(fmt.Sprintf("stages[%d].probes[%d]", i, j), &s.Probes[j], names)
+	}
+	gateNames := map[string]bool{}
+	for j := range s.Gates {
+		v.gate(fmt.Sprintf("stages[%d].gates[%d]", i, j), &s.Gates[j], gateNames)
+	}
+	if s.Soak <= 0 {
+		v.add(f("soak"), "the soak must be a positive duration, e.g. 5m")
+	}
+}
+
+func (v *validator) policy(field string, s *Stage) {
+	pol := &s.Policy
+	if pol.APIVersion != PolicyAPIVersion {
+		v.add(field+".apiVersion", "must be %q, got %q", PolicyAPIVersion, pol.APIVersion)
+	}
+	if pol.Kind != PolicyKind {
+		v.add(field+".kind", "must be %q, got %q", PolicyKind, pol.Kind)
+	}
+	if errs := validation.IsDNS1123Subdomain(pol.Metadata.Name); len(errs) > 0 {
+		v.add(field+".metadata.name", "%q is not a valid object name: %s", pol.Metadata.Name, strings.Join(errs, "; "))
+	}
+	if pol.Metadata.Namespace != s.Namespace {
+		v.add(field+".metadata.namespace", "must be the stage's namespace %q, got %q", s.Namespace, pol.Metadata.Namespace)
+	}
+	if pol.Spec.MTLS.Mode != s.TargetMode {
+		v.add(field+".spec.mtls.mode", "must equal the stage's targetMode %q, got %q", s.TargetMode, pol.Spec.MTLS.Mode)
+	}
+}
+
+func (v *validator) probe(field string, pr *Probe, names map[string]bool) {
+	if pr.Name == "" {
+		v.add(field+".name", "a probe needs a name")
+	} else if names[pr.Name] {
+		v.add(field+".name", "duplicate probe name %q", pr.Name)
+	}
+	names[pr.Name] = true
+	switch pr.Kind {
+	case ProbeHTTP:
+		if pr.Pod != "" || pr.Container != "" || len(pr.Command) > 0 {
+			v.add(field+".kind", "pod, container and command belong to exec probes, not http")
+		}
+	case ProbeExec:
+		if pr.Pod == "" {
+			v.add(field+".pod", "an exec probe needs the pod to run in (namespace/name)")
+		}
+	default:
+		v.add(field+".kind", "must be http or exec, got %q", pr.Kind)
+	}
+	if pr.URL == "" && !(pr.Kind == ProbeExec && len(pr.Command) > 0) {
+		v.add(field+".url", "a probe needs a URL")
+	} else if pr.URL != "" {
+		v.httpURL(field+".url", pr.URL)
+	}
+	if pr.Resolve != "" {
+		if err := checkResolve(pr.Resolve); err != nil {
+			v.add(field+".resolve", "%v", err)
+		}
+	}
+	switch {
+	case pr.Expect.Refused && pr.Expect.Status != 0:
+		v.add(field+".expect", "expect either status or refused, not both")
+	case !pr.Expect.Refused && pr.Expect.Status == 0:
+		v.add(field+".expect", "expect status: N (100-599) or refused: true")
+	case pr.Expect.Status != 0 && (pr.Expect.Status < 100 || pr.Expect.Status > 599):
+		v.add(field+".expect.status", "%d is not an HTTP status (100-599)", pr.Expect.Status)
+	}
+}
+
+// checkResolve validates curl's --resolve form "host:port:address".
+func checkResolve(s string) error {
+	host, rest, ok := strings.Cut(s, ":")
+	port, addr, ok2 := strings.Cut(rest, ":")
+	if !ok || !ok2 || host == "" {
+		return fmt.Errorf("%q must be host:port:address, as curl's --resolve", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number 1-65535", s, port)
+	}
+	if net.ParseIP(strings.Trim(addr, "[]")) == nil {
+		return fmt.Errorf("%q: address %q is not an IP address", s, addr)
+	}
+	return nil
+}
+
+// ParseResolve splits a validated resolve override into host, port and address.
+func ParseResolve(s string) (host, port, addr string, err error) {
+	if err := checkResolve(s); err != nil {
+		return "", "", "", err
+	}
+	host, rest, _ := strings.Cut(s, ":")
+	port, addr, _ = strings.Cut(rest, ":")
+	return host, port, strings.Trim(addr, "[]"), nil
+}
+
+func (v *validator) gate(field string, g *Gate, names map[string]bool) {
+	if g.Name == "" {
+		v.add(field+".name", "a gate needs a name")
+	} else if names[g.Name] {
+		v.add(field+".name", "duplicate gate name %q", g.Name)
+	}
+	names[g.Name] = true
+	if strings.TrimSpace(g.Query) == "" {
+		v.add(field+".query", "a gate needs a PromQL query")
+	}
+	switch g.Comparison {
+	case GreaterOrEqual, Greater, LessOrEqual, Less:
+	default:
+		v.add(field+".comparison", "must be one of >=, >, <=, <, got %q", g.Comparison)
+	}
+	if math.IsNaN(g.Threshold) || math.IsInf(g.Threshold, 0) {
+		v.add(field+".threshold", "must be a finite number")
+	}
+	switch g.Relative {
+	case Absolute, BaselineMinus, BaselineTimes:
+	default:
+		v.add(field+".relative", "must be empty, baseline-minus or baseline-times, got %q", g.Relative)
+	}
+	if g.MinSamples < 0 {
+		v.add(field+".minSamples", "must not be negative")
+	}
+	if g.MinSamples > 0 && strings.TrimSpace(g.SamplesQuery) == "" {
+		v.add(field+".samplesQuery", "minSamples needs a samplesQuery that counts the requests behind the gate")
+	}
+}
