@@ -13,9 +13,9 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mod_dir="${repo_root}/sandbox/apiserver"
 cache="${MTLS_MIGRATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mtls-migrate}"
 
-version="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "${mod_dir}/go.mod")"
+version="$(cd "${mod_dir}" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 if [[ -z "${version}" ]]; then
-  echo "build-kube-apiserver: cannot find 'require k8s.io/kubernetes <version>' in ${mod_dir}/go.mod" >&2
+  echo "build-kube-apiserver: cannot tell the k8s.io/kubernetes version from ${mod_dir}/go.mod" >&2
   exit 1
 fi
 hash="$(sha256sum "${mod_dir}/go.mod" | cut -c1-12)"

@@ -1,0 +1,9 @@
+package cluster
+
+import "syscall"
+
+// childProcAttr makes the kernel SIGKILL the child when this process dies, so
+// a crashed or killed sandbox leaves no kube-apiserver behind.
+func childProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
