@@ -34,6 +34,9 @@ func apiserverArgs(port int, etcdURL string, p *pki, certDir string) []string {
 	return []string{
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
+		// The endpoint reconciler refuses a loopback advertise address, and
+		// nothing routes to the kubernetes Service here anyway.
+		"--endpoint-reconciler-type=none",
 		"--secure-port=" + strconv.Itoa(port),
 		"--etcd-servers=" + etcdURL,
 		"--cert-dir=" + certDir,
