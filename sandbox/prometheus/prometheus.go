@@ -48,7 +48,8 @@ type Target struct {
 // Options configures Start.
 type Options struct {
 	// Dir holds prometheus.yml, the targets file, the TSDB (removed by Stop)
-	// and prometheus.log; created if missing.
+	// and prometheus.log; created if missing. If empty, a temporary
+	// directory is used and removed by Stop.
 	Dir string
 	// Binary is the prometheus executable; default "prometheus" on PATH.
 	Binary string
@@ -68,6 +69,7 @@ type Server struct {
 	configPath  string
 	targetsPath string
 	tsdbDir     string
+	removeDir   bool // dir is a temporary directory we created
 	logPath     string
 	port        int
 	url         string
@@ -86,6 +88,8 @@ type process struct {
 
 // Start writes the config, starts Prometheus on a free loopback port and
 // returns once its API answers (which Prometheus allows only when ready).
+// The first scrape of opts.Targets follows within about 5s (see SetTargets).
+// ctx bounds the start only; call Stop.
 func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	s := &Server{log: opts.Logger, binary: opts.Binary}
 	if s.log == nil {
@@ -97,13 +101,16 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if s.binary, err = exec.LookPath(s.binary); err != nil {
 		return nil, fmt.Errorf("prometheus binary %q not found: run scripts/install-prometheus.sh or set Options.Binary: %w", opts.Binary, err)
 	}
-	if opts.Dir == "" {
-		return nil, errors.New("prometheus: Options.Dir is required")
+	dir := opts.Dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "mtls-migrate-prometheus-"); err != nil {
+			return nil, fmt.Errorf("create a temporary prometheus dir: %w", err)
+		}
+		s.removeDir = true
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create prometheus dir %s: %w", dir, err)
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create prometheus dir %s: %w", opts.Dir, err)
-	}
-	if s.dir, err = filepath.Abs(opts.Dir); err != nil {
+	if s.dir, err = filepath.Abs(dir); err != nil {
 		return nil, fmt.Errorf("resolve prometheus dir: %w", err)
 	}
 	interval := opts.ScrapeInterval
@@ -214,7 +221,8 @@ func (s *Server) Restart(ctx context.Context) error {
 }
 
 // Stop sends SIGTERM, waits, and SIGKILLs after a timeout; then removes the
-// TSDB. The config, targets file and log stay in Dir. Idempotent.
+// TSDB. The config, targets file and log stay in Dir (unless Dir was a
+// temporary directory). Idempotent.
 func (s *Server) Stop() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -230,6 +238,11 @@ func (s *Server) Stop() error {
 	if s.tsdbDir != "" {
 		if err := os.RemoveAll(s.tsdbDir); err != nil {
 			errs = append(errs, fmt.Errorf("remove prometheus TSDB %s: %w", s.tsdbDir, err))
+		}
+	}
+	if s.removeDir {
+		if err := os.RemoveAll(s.dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove prometheus dir %s: %w", s.dir, err))
 		}
 	}
 	return errors.Join(errs...)

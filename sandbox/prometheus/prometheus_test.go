@@ -105,11 +105,13 @@ func TestScrapesTargetsAndPicksUpNewOnesWithoutRestart(t *testing.T) {
 
 func TestStopLeavesNoProcessAndIsIdempotent(t *testing.T) {
 	needPrometheus(t)
-	s, err := Start(context.Background(), Options{Dir: t.TempDir(), ScrapeInterval: time.Second})
+	// No Dir: Start makes a temporary one, and Stop must remove it.
+	s, err := Start(context.Background(), Options{ScrapeInterval: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pid := s.proc.cmd.Process.Pid
+	dir := s.dir
 	hostPort := strings.TrimPrefix(s.URL(), "http://")
 
 	if err := s.Stop(); err != nil {
@@ -124,6 +126,9 @@ func TestStopLeavesNoProcessAndIsIdempotent(t *testing.T) {
 	if conn, err := net.DialTimeout("tcp", hostPort, time.Second); err == nil {
 		conn.Close()
 		t.Errorf("something still listens on %s after Stop", hostPort)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("temporary dir %s not removed by Stop: %v", dir, err)
 	}
 }
 
