@@ -1,0 +1,250 @@
+// Package state keeps the migration's state where every run (and the
+// scheduled Job of a later issue) can find it: which plan is being executed,
+// each stage's phase with times, reasons, gate values and who ran it, and the
+// snapshots of the PeerAuthentications taken before each change. The Store
+// interface has a ConfigMap implementation (optimistic concurrency on the
+// ConfigMap's resourceVersion, never a blind overwrite) and an in-memory one
+// for tests.
+package state
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Phase is where a stage stands.
+type Phase string
+
+// Phases. A stage is written Applying (with its snapshot) before the policy
+// changes and Soaking before the soak, so a run that finds either knows a
+// previous run died mid-stage and must finish or roll back.
+const (
+	Pending     Phase = "pending"
+	Applying    Phase = "applying"
+	Soaking     Phase = "soaking"
+	RollingBack Phase = "rolling-back"
+	Done        Phase = "done"
+	RolledBack  Phase = "rolled-back"
+	// Failed: the rollback failed or could not be verified; a person must look.
+	Failed Phase = "failed"
+)
+
+// InProgress reports whether a run is (or was, if it died) in the middle of
+// the stage.
+func (p Phase) InProgress() bool {
+	return p == Applying || p == Soaking || p == RollingBack
+}
+
+// State is the whole document stored under one key.
+type State struct {
+	// Plans holds one record per plan digest ever applied, oldest first;
+	// the last is the plan in progress. Older records are kept because their
+	// snapshots are what `rollback --plan OLD` restores.
+	Plans []PlanRecord `json:"plans"`
+
+	// resourceVersion of the object the state was read from (ConfigMap
+	// implementation), for optimistic concurrency.
+	resourceVersion string
+}
+
+// PlanRecord is the execution record of one plan.
+type PlanRecord struct {
+	Name      string       `json:"name"`
+	Digest    string       `json:"digest"`
+	StartedAt time.Time    `json:"startedAt"`
+	Stages    []StageState `json:"stages"`
+}
+
+// StageState is one stage's execution record.
+type StageState struct {
+	Number     int       `json:"number"`
+	Namespace  string    `json:"namespace"`
+	Phase      Phase     `json:"phase"`
+	TargetMode string    `json:"targetMode,omitempty"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	// AppliedBy is the user or service account the API server knows the
+	// runner as.
+	AppliedBy string `json:"appliedBy,omitempty"`
+	// ForceReason is set when a blocked stage (or a pre-flight refusal) was
+	// overridden with --force.
+	ForceReason string `json:"forceReason,omitempty"`
+	// Reason says why the stage ended as it did (the failed gate or probe,
+	// the error).
+	Reason string `json:"reason,omitempty"`
+	// Target is the PeerAuthentication the stage writes; set before the
+	// change and completed (UID, resourceVersion) after it.
+	Target *Target `json:"target,omitempty"`
+	// Snapshot holds every PeerAuthentication of the namespace, whole, as
+	// JSON, taken before the change (managedFields dropped).
+	Snapshot []json.RawMessage `json:"snapshot,omitempty"`
+	Baseline []GateValue       `json:"baseline,omitempty"`
+	// Gates are the latest gate values seen during the soak.
+	Gates   []GateValue   `json:"gates,omitempty"`
+	Probes  []ProbeResult `json:"probes,omitempty"`
+	History []Transition  `json:"history,omitempty"`
+}
+
+// Target describes the object a stage writes.
+type Target struct {
+	Name string `json:"name"`
+	// Created is true when the stage created the object (rollback deletes
+	// it); false when it patched a pre-existing one in place (rollback
+	// restores its spec, labels and annotations).
+	Created bool `json:"created"`
+	// UID and ResourceVersion of the object as the apply left it: rollback
+	// deletes only an object with this UID, and treats any other version as
+	// a possible change by someone else to re-check before touching.
+	UID             string `json:"uid,omitempty"`
+	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// Mode is the mTLS mode the stage wrote.
+	Mode string `json:"mode"`
+}
+
+// GateValue is one gate evaluation as recorded. Numbers are pointers because
+// NaN has no JSON form: a nil value means no data.
+type GateValue struct {
+	Name      string    `json:"name"`
+	Verdict   string    `json:"verdict"`
+	Value     *float64  `json:"value,omitempty"`
+	Threshold *float64  `json:"threshold,omitempty"`
+	Samples   *float64  `json:"samples,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	At        time.Time `json:"at,omitzero"`
+}
+
+// ProbeResult is one probe's outcome as recorded.
+type ProbeResult struct {
+	Name     string    `json:"name"`
+	OK       bool      `json:"ok"`
+	Observed string    `json:"observed"`
+	At       time.Time `json:"at,omitzero"`
+}
+
+// Transition is one phase change.
+type Transition struct {
+	Phase  Phase     `json:"phase"`
+	At     time.Time `json:"at"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+// Plan returns the record of the plan with digest, or nil.
+func (s *State) Plan(digest string) *PlanRecord {
+	for i := range s.Plans {
+		if s.Plans[i].Digest == digest {
+			return &s.Plans[i]
+		}
+	}
+	return nil
+}
+
+// Current returns the latest plan record, or nil.
+func (s *State) Current() *PlanRecord {
+	if len(s.Plans) == 0 {
+		return nil
+	}
+	return &s.Plans[len(s.Plans)-1]
+}
+
+// InProgress returns the first stage of any plan that is mid-way, with its
+// plan, or nils.
+func (s *State) InProgress() (*PlanRecord, *StageState) {
+	for i := range s.Plans {
+		for j := range s.Plans[i].Stages {
+			if s.Plans[i].Stages[j].Phase.InProgress() {
+				return &s.Plans[i], &s.Plans[i].Stages[j]
+			}
+		}
+	}
+	return nil, nil
+}
+
+// EnsurePlan returns the record for digest, appending one when it is new.
+func (s *State) EnsurePlan(name, digest string, now time.Time) *PlanRecord {
+	if p := s.Plan(digest); p != nil {
+		return p
+	}
+	s.Plans = append(s.Plans, PlanRecord{Name: name, Digest: digest, StartedAt: now.UTC()})
+	return &s.Plans[len(s.Plans)-1]
+}
+
+// Stage returns the stage numbered n, or nil.
+func (p *PlanRecord) Stage(n int) *StageState {
+	for i := range p.Stages {
+		if p.Stages[i].Number == n {
+			return &p.Stages[i]
+		}
+	}
+	return nil
+}
+
+// EnsureStage returns the stage numbered n, adding a pending one (kept in
+// number order) when it is new.
+func (p *PlanRecord) EnsureStage(n int, namespace string) *StageState {
+	if st := p.Stage(n); st != nil {
+		return st
+	}
+	i := 0
+	for i < len(p.Stages) && p.Stages[i].Number < n {
+		i++
+	}
+	p.Stages = append(p.Stages, StageState{})
+	copy(p.Stages[i+1:], p.Stages[i:])
+	p.Stages[i] = StageState{Number: n, Namespace: namespace, Phase: Pending}
+	return &p.Stages[i]
+}
+
+// SetPhase moves the stage to phase and records the transition.
+func (st *StageState) SetPhase(phase Phase, at time.Time, reason string) {
+	st.Phase = phase
+	st.History = append(st.History, Transition{Phase: phase, At: at.UTC(), Reason: reason})
+	switch phase {
+	case Applying:
+		st.StartedAt = at.UTC()
+		st.FinishedAt = time.Time{}
+	case Done, RolledBack, Failed:
+		st.FinishedAt = at.UTC()
+	}
+	if reason != "" {
+		st.Reason = reason
+	}
+}
+
+// Store reads and updates the state. Update re-reads the state, calls fn and
+// writes the result with optimistic concurrency, retrying fn on a conflict,
+// so fn must be safe to call more than once and decide from what it is given.
+type Store interface {
+	Load(ctx context.Context) (*State, error)
+	Update(ctx context.Context, fn func(*State) error) error
+}
+
+// Float returns a pointer to v, or nil when v is NaN or infinite (no JSON
+// form).
+func Float(v float64) *float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return nil
+	}
+	return &v
+}
+
+func decode(data []byte) (*State, error) {
+	s := &State{}
+	if len(data) == 0 {
+		return s, nil
+	}
+	if err := json.Unmarshal(data, s); err != nil {
+		return nil, fmt.Errorf("decode migration state: %w", err)
+	}
+	return s, nil
+}
+
+func encode(s *State) ([]byte, error) {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode migration state: %w", err)
+	}
+	return b, nil
+}
