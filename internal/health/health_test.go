@@ -1,0 +1,212 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/mtls-migrate/mtls-migrate/plans"
+)
+
+var nan = math.NaN()
+
+func TestEvaluateEveryOutcome(t *testing.T) {
+	success := plans.Gate{Name: "sr", Query: "q", Comparison: plans.GreaterOrEqual, Threshold: 0.01, Relative: plans.BaselineMinus, SamplesQuery: "s", MinSamples: 10}
+	rate := plans.Gate{Name: "rate", Query: "q", Comparison: plans.GreaterOrEqual, Threshold: 0.8, Relative: plans.BaselineTimes}
+	abs := plans.Gate{Name: "errs", Query: "q", Comparison: plans.Less, Threshold: 1}
+	base := &Baseline{Value: 0.99, Samples: 100}
+	tests := []struct {
+		name string
+		gate plans.Gate
+		base *Baseline
+		m    Measurement
+		want Verdict
+		msg  string
+	}{
+		{"success rate within tolerance", success, base, Measurement{Value: 0.985, Samples: 50}, Successful, ""},
+		{"success rate below baseline minus tolerance", success, base, Measurement{Value: 0.90, Samples: 50}, Failed, "is not >="},
+		{"too few requests", success, base, Measurement{Value: 0.5, Samples: 3}, Inconclusive, "not enough data: 3 requests, need 10"},
+		{"no requests at all", success, base, Measurement{Value: nan, Samples: nan}, Inconclusive, "no requests"},
+		{"NaN value with samples", success, base, Measurement{Value: nan, Samples: 50}, Error, "no data"},
+		{"query error", success, base, Measurement{Err: errors.New("connection refused")}, Error, "query failed"},
+		{"rate kept", rate, &Baseline{Value: 10, Samples: nan}, Measurement{Value: 9, Samples: nan}, Successful, ""},
+		{"rate dropped", rate, &Baseline{Value: 10, Samples: nan}, Measurement{Value: 7, Samples: nan}, Failed, ""},
+		{"rate vanished (no data)", rate, &Baseline{Value: 10, Samples: nan}, Measurement{Value: nan, Samples: nan}, Error, "never read as healthy"},
+		{"relative gate without baseline", rate, &Baseline{Value: nan, Samples: nan}, Measurement{Value: 5, Samples: nan}, Inconclusive, "no baseline"},
+		{"absolute pass", abs, nil, Measurement{Value: 0, Samples: nan}, Successful, ""},
+		{"absolute fail", abs, nil, Measurement{Value: 3, Samples: nan}, Failed, ""},
+		{"infinite value", abs, nil, Measurement{Value: math.Inf(1), Samples: nan}, Error, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Evaluate(tt.gate, tt.base, tt.m)
+			if r.Verdict != tt.want || !strings.Contains(r.Message, tt.msg) {
+				t.Fatalf("got %s %q, want %s containing %q", r.Verdict, r.Message, tt.want, tt.msg)
+			}
+		})
+	}
+}
+
+func TestTrackerConsecutiveErrorsFailAfterK(t *testing.T) {
+	tr := &Tracker{Gate: plans.Gate{Name: "g"}, MaxConsecutiveErrors: 3}
+	seq := []Verdict{Error, Error, Successful, Error, Error, Inconclusive, Error}
+	for i, v := range seq {
+		f, _ := tr.Observe(Result{Gate: "g", Verdict: v})
+		if f != (i == len(seq)-1) {
+			t.Fatalf("step %d (%s): failed=%v", i, v, f)
+		}
+	}
+}
+
+func TestTrackerInconclusiveThroughoutFailsOnlyWhenBaselineHadSamples(t *testing.T) {
+	g := plans.Gate{Name: "g", MinSamples: 10}
+	for _, tc := range []struct {
+		samples float64
+		want    bool
+	}{{100, true}, {3, false}, {nan, false}} {
+		tr := &Tracker{Gate: g, Baseline: &Baseline{Value: 1, Samples: tc.samples}, MaxConsecutiveErrors: 3}
+		tr.Observe(Result{Verdict: Inconclusive})
+		tr.Observe(Result{Verdict: Inconclusive})
+		if f, _ := tr.Finish(); f != tc.want {
+			t.Fatalf("baseline samples %v: failed=%v want %v", tc.samples, f, tc.want)
+		}
+	}
+}
+
+// fakeClock advances instantly.
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.now }
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.now = c.now.Add(d)
+	return ctx.Err()
+}
+
+// fakeProm answers queries from a function of the time.
+type fakeProm struct {
+	answer func(q string, ts time.Time) (model.Value, error)
+}
+
+func (f *fakeProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, error) {
+	v, err := f.answer(q, ts)
+	return v, nil, err
+}
+
+func vec(v float64) model.Value { return model.Vector{&model.Sample{Value: model.SampleValue(v)}} }
+
+func TestRunnerSoak(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	gate := plans.Gate{Name: "sr", Query: "q", Comparison: plans.GreaterOrEqual, Threshold: 0.9}
+	tests := []struct {
+		name    string
+		answer  func(q string, ts time.Time) (model.Value, error)
+		healthy bool
+		reason  string
+		ticks   int
+	}{
+		{"healthy through the soak", func(string, time.Time) (model.Value, error) { return vec(1), nil }, true, "", 7},
+		{"fails at the third minute", func(_ string, ts time.Time) (model.Value, error) {
+			if ts.Sub(start) >= 3*time.Minute {
+				return vec(0.5), nil
+			}
+			return vec(1), nil
+		}, false, "gate sr failed", 4},
+		{"prometheus down fails after 3 tries, never done", func(string, time.Time) (model.Value, error) {
+			return nil, errors.New("dial tcp: connection refused")
+		}, false, "3 consecutive errors", 3},
+		{"no data fails after 3 tries", func(string, time.Time) (model.Value, error) { return model.Vector{}, nil }, false, "no data", 3},
+		{"NaN fails after 3 tries", func(string, time.Time) (model.Value, error) { return vec(nan), nil }, false, "no data", 3},
+		{"two series is an error", func(string, time.Time) (model.Value, error) {
+			return model.Vector{&model.Sample{Value: 1}, &model.Sample{Value: 1}}, nil
+		}, false, "more than one series", 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &fakeClock{now: start}
+			ticks := 0
+			r := &Runner{
+				Checks:               []Check{&PromGate{Gate: gate, Querier: &fakeProm{answer: tt.answer}}},
+				Interval:             time.Minute,
+				MaxConsecutiveErrors: 3,
+				Clock:                clk,
+				OnTick:               func(Tick) { ticks++ },
+			}
+			out := r.Soak(context.Background(), 6*time.Minute)
+			if out.Healthy != tt.healthy || !strings.Contains(out.Reason, tt.reason) || ticks != tt.ticks {
+				t.Fatalf("got healthy=%v reason=%q ticks=%d", out.Healthy, out.Reason, ticks)
+			}
+		})
+	}
+}
+
+func TestRunnerInterruptedIsNotHealthy(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := &Runner{Checks: []Check{&PromGate{Gate: plans.Gate{Name: "g", Query: "q", Comparison: plans.Less, Threshold: 1}, Querier: &fakeProm{answer: func(string, time.Time) (model.Value, error) { return vec(0), nil }}}}, Interval: time.Second, Clock: &fakeClock{}, MaxConsecutiveErrors: 3}
+	if out := r.Soak(ctx, time.Minute); out.Healthy || out.Err == nil {
+		t.Fatalf("interrupted soak reported %+v", out)
+	}
+}
+
+func pod(name string, uid string, ready bool, restarts int32) *corev1.Pod {
+	st := corev1.ConditionFalse
+	if ready {
+		st = corev1.ConditionTrue
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "cart", UID: typesUID(uid)},
+		Status: corev1.PodStatus{
+			Phase:             corev1.PodRunning,
+			Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: st}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "app", RestartCount: restarts}},
+		},
+	}
+}
+
+func TestPodCheck(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name  string
+		after []*corev1.Pod
+		want  Verdict
+		msg   string
+	}{
+		{"unchanged", []*corev1.Pod{pod("a", "1", true, 0), pod("b", "2", false, 1)}, Successful, ""},
+		{"became NotReady", []*corev1.Pod{pod("a", "1", false, 0), pod("b", "2", false, 1)}, Failed, "a became NotReady"},
+		{"restarted", []*corev1.Pod{pod("a", "1", true, 0), pod("b", "2", false, 2)}, Failed, "b restarted (1→2)"},
+		{"new pod restarting", []*corev1.Pod{pod("a", "1", true, 0), pod("c", "3", false, 1)}, Failed, "c (new) restarted"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fake.NewClientset(pod("a", "1", true, 0), pod("b", "2", false, 1))
+			pc, err := NewPodCheck(ctx, c, "cart")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{"a", "b"} {
+				_ = c.CoreV1().Pods("cart").Delete(ctx, p, metav1.DeleteOptions{})
+			}
+			for _, p := range tt.after {
+				if _, err := c.CoreV1().Pods("cart").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := pc.Check(ctx, time.Now())
+			if r.Verdict != tt.want || !strings.Contains(r.Message, tt.msg) {
+				t.Fatalf("got %s %q", r.Verdict, r.Message)
+			}
+		})
+	}
+}
+
+func typesUID(s string) types.UID { return types.UID(s) }
