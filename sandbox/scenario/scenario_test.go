@@ -36,7 +36,7 @@ services:
 		{"missing service port", base + "flows:\n  - {name: f, from: a/api, to: \"api.a:9999\"}\n", "has no port 9999"},
 		{"external to ClusterIP", base + "flows:\n  - {name: f, from: external, to: \"api.a:8080\"}\n", "LoadBalancer or NodePort"},
 		{"bad duration", base + "scrapeInterval: soon\n", "line 8"},
-		{"target port missing on backend", strings.Replace(base, "{name: api, namespace: a, ports: [{name: http, port: 8080}]}\n", "{name: api, namespace: a, ports: [{name: http, port: 8080, targetPort: 81}]}\n", 1), "no port 81"},
+		{"target port missing on backend", strings.Replace(base, "services:\n  - {name: api, namespace: a, ports: [{name: http, port: 8080}]}", "services:\n  - {name: api, namespace: a, ports: [{name: http, port: 8080, targetPort: 81}]}", 1), "no port 81"},
 		{"bad protocol", strings.Replace(base, "port: 8080}]}\nservices", "port: 8080, protocol: smtp}]}\nservices", 1), "unknown protocol"},
 	}
 	for _, tc := range tests {
