@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -397,5 +396,3 @@ func orDefault(s, d string) string {
 	}
 	return s
 }
-
-var _ = sort.Strings

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -191,8 +190,6 @@ func eventuallyPositive(t *testing.T, s *sandbox.Sandbox, q string, within time.
 	}
 	t.Errorf("Prometheus: %s stayed empty for %s", q, within)
 }
-
-var _ promv1.API
 
 func TestE2ENoPolicyEverythingSucceeds(t *testing.T) {
 	s := sb(t)
