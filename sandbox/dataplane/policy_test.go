@@ -49,7 +49,9 @@ func TestEffectiveMode(t *testing.T) {
 }
 
 func TestClientTLS(t *testing.T) {
-	dr := func(ns, host, mode string) DestRule { return DestRule{Namespace: ns, Name: host, Host: host, TLSMode: mode} }
+	dr := func(ns, host, mode string) DestRule {
+		return DestRule{Namespace: ns, Name: host, Host: host, TLSMode: mode}
+	}
 	tests := []struct {
 		name  string
 		rules []DestRule
