@@ -44,6 +44,10 @@ type State struct {
 	// the last is the plan in progress. Older records are kept because their
 	// snapshots are what `rollback --plan OLD` restores.
 	Plans []PlanRecord `json:"plans"`
+	// ProbedAt is, per namespace, when the tool last sent its own plaintext
+	// probes there: pre-flight's "plaintext since the plan" check starts
+	// after it, so the tool's own probes are not mistaken for a client.
+	ProbedAt map[string]time.Time `json:"probedAt,omitempty"`
 
 	// resourceVersion of the object the state was read from (ConfigMap
 	// implementation), for optimistic concurrency.

@@ -1,0 +1,147 @@
+// Package executor runs one stage of a migration plan as an ordered list of
+// steps (kind's Action pattern): pre-flight, baseline, snapshot, apply,
+// settle, probes, soak with health gates, then commit or roll back. The
+// migration state is written before every change (the snapshot before the
+// apply, "soaking" before the soak), so a run that dies mid-way leaves
+// enough for the next one to finish or undo it. Any failure after the change
+// rolls the stage back from the state alone (Prometheus may be what failed).
+package executor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istio "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/events"
+	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/probe"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
+)
+
+// PolicyDigest digests a namespace's PeerAuthentications the way the
+// planner did for the plan's stages[].policyDigest.
+type PolicyDigest func([]*securityv1.PeerAuthentication) string
+
+// Deps are the executor's clients, all interfaces or fakes-friendly values.
+type Deps struct {
+	Kube   kubernetes.Interface
+	Istio  istio.Interface
+	Writer PolicyWriter
+	Prom   health.Querier
+	// PromTimeout bounds each Prometheus query.
+	PromTimeout time.Duration
+	Store       state.Store
+	Prober      *probe.Prober
+	Events      events.Recorder
+	// Digest is the planner's policy digest; nil skips the "policies
+	// changed since the plan" check (with a warning).
+	Digest   PolicyDigest
+	Clock    health.Clock
+	Progress Progress
+	Log      *slog.Logger
+}
+
+// Options are one run's inputs.
+type Options struct {
+	Plan       *plans.Plan
+	PlanDigest string
+	Stage      int
+	DryRun     bool
+	// Soak overrides the stage's soak when positive.
+	Soak   time.Duration
+	Force  bool
+	Reason string
+	// Actor is who runs the stage (user or service account), recorded.
+	Actor string
+	// Settle is the wait after the apply for the change to reach the
+	// proxies and drain old connections, before the probes.
+	Settle               time.Duration
+	GateInterval         time.Duration
+	MaxConsecutiveErrors int
+	// ProbeWithin bounds each probe's retries.
+	ProbeWithin time.Duration
+}
+
+// Outcome is how a run ended.
+type Outcome string
+
+// Outcomes.
+const (
+	OutcomeDone           Outcome = "done"
+	OutcomeDryRun         Outcome = "dry-run"
+	OutcomeRolledBack     Outcome = "rolled-back"
+	OutcomeRollbackFailed Outcome = "rollback-failed"
+)
+
+// Result is what a run did, for output.
+type Result struct {
+	Stage     int                    `json:"stage"`
+	Namespace string                 `json:"namespace"`
+	Outcome   Outcome                `json:"outcome"`
+	Reason    string                 `json:"reason,omitempty"`
+	Forced    string                 `json:"forced,omitempty"`
+	Applied   any                    `json:"applied,omitempty"`
+	Baseline  []state.GateValue      `json:"baseline,omitempty"`
+	Probes    []state.ProbeResult    `json:"probes,omitempty"`
+	Gates     []state.GateValue      `json:"gates,omitempty"`
+	Rollback  []rollback.StageReport `json:"rollback,omitempty"`
+	Notes     []string               `json:"notes,omitempty"`
+}
+
+// RefusedError: pre-flight refused the stage; nothing was touched.
+type RefusedError struct{ Reason string }
+
+func (e *RefusedError) Error() string { return "refused: " + e.Reason }
+
+// RolledBackError: a probe or gate failed (or the run was interrupted) and
+// the stage was rolled back.
+type RolledBackError struct{ Reason string }
+
+func (e *RolledBackError) Error() string {
+	return "stage rolled back: " + e.Reason
+}
+
+// RollbackFailedError: the stage failed and the rollback failed or could
+// not be confirmed; a person must look.
+type RollbackFailedError struct {
+	Reason string
+	Err    error
+}
+
+func (e *RollbackFailedError) Error() string {
+	return fmt.Sprintf("stage failed (%s) and the rollback failed too: %v", e.Reason, e.Err)
+}
+
+func (e *RollbackFailedError) Unwrap() error { return e.Err }
+
+func refusef(format string, args ...any) error {
+	return &RefusedError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// IsRefused reports whether err is a pre-flight refusal.
+func IsRefused(err error) bool {
+	var r *RefusedError
+	return errors.As(err, &r)
+}
+
+func (o *Options) defaults() {
+	if o.Settle <= 0 {
+		o.Settle = 5 * time.Second
+	}
+	if o.GateInterval <= 0 {
+		o.GateInterval = 10 * time.Second
+	}
+	if o.MaxConsecutiveErrors <= 0 {
+		o.MaxConsecutiveErrors = 3
+	}
+	if o.ProbeWithin <= 0 {
+		o.ProbeWithin = 30 * time.Second
+	}
+}

@@ -1,0 +1,460 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+	apisecurity "istio.io/api/security/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/probe"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.now }
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.now = c.now.Add(d)
+	return ctx.Err()
+}
+
+// env is a fake cluster: namespace "cart" with one pod and, optionally, a
+// pre-existing namespace-wide PERMISSIVE policy.
+type env struct {
+	t      *testing.T
+	kube   *kubefake.Clientset
+	istio  *istiofake.Clientset
+	store  *recordingStore
+	clock  *fakeClock
+	log    *[]string
+	prom   func(q string, ts time.Time) (model.Value, error)
+	digest PolicyDigest
+}
+
+type recordingStore struct {
+	*state.Memory
+	log *[]string
+}
+
+func (s *recordingStore) Update(ctx context.Context, fn func(*state.State) error) error {
+	return s.Memory.Update(ctx, func(st *state.State) error {
+		if err := fn(st); err != nil {
+			return err
+		}
+		if p := st.Current(); p != nil && len(p.Stages) > 0 {
+			*s.log = append(*s.log, "state:"+string(p.Stages[0].Phase))
+		}
+		return nil
+	})
+}
+
+// fakeWriter emulates server-side apply of the fields the executor sends.
+type fakeWriter struct {
+	e    *env
+	dry  []bool
+	fail error
+}
+
+func (w *fakeWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dryRun bool) (*securityv1.PeerAuthentication, error) {
+	w.dry = append(w.dry, dryRun)
+	*w.e.log = append(*w.e.log, "apply")
+	if w.fail != nil {
+		return nil, w.fail
+	}
+	pas := w.e.istio.SecurityV1().PeerAuthentications(*cfg.Namespace)
+	live, err := pas.Get(ctx, *cfg.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		live = &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: *cfg.Name, Namespace: *cfg.Namespace, UID: types.UID("uid-created")}}
+		err = nil
+	} else if err != nil {
+		return nil, err
+	} else {
+		live = live.DeepCopy()
+	}
+	if live.Labels == nil && len(cfg.Labels) > 0 {
+		live.Labels = map[string]string{}
+	}
+	for k, v := range cfg.Labels {
+		live.Labels[k] = v
+	}
+	if live.Annotations == nil && len(cfg.Annotations) > 0 {
+		live.Annotations = map[string]string{}
+	}
+	for k, v := range cfg.Annotations {
+		live.Annotations[k] = v
+	}
+	if live.Spec.Mtls == nil {
+		live.Spec.Mtls = &apisecurity.PeerAuthentication_MutualTLS{}
+	}
+	live.Spec.Mtls.Mode = cfg.Spec.Mtls.Mode
+	if dryRun {
+		return live, nil
+	}
+	if live.ResourceVersion == "" {
+		return pas.Create(ctx, live, metav1.CreateOptions{})
+	}
+	return pas.Update(ctx, live, metav1.UpdateOptions{})
+}
+
+// fakeExec answers curl as a plaintext client would: refused while the
+// namespace's policy is STRICT, 200 otherwise.
+type fakeExec struct {
+	e            *env
+	refuseAlways bool
+}
+
+func (f *fakeExec) Exec(ctx context.Context, _, _, _ string, _ []string) (string, int, error) {
+	pa, err := f.e.istio.SecurityV1().PeerAuthentications("cart").Get(ctx, "default", metav1.GetOptions{})
+	if f.refuseAlways || (err == nil && pa.Spec.GetMtls().GetMode() == apisecurity.PeerAuthentication_MutualTLS_STRICT) {
+		return "000", 56, nil
+	}
+	return "200", 0, nil
+}
+
+type promFunc func(q string, ts time.Time) (model.Value, error)
+
+func (f promFunc) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, error) {
+	v, err := f(q, ts)
+	return v, nil, err
+}
+
+func healthyProm(q string, _ time.Time) (model.Value, error) {
+	if strings.Contains(q, "connection_security_policy") {
+		return model.Vector{}, nil // no plaintext
+	}
+	return model.Vector{&model.Sample{Value: 1}}, nil
+}
+
+func existingPolicy() *securityv1.PeerAuthentication {
+	return &securityv1.PeerAuthentication{
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "cart", UID: "uid-old", ResourceVersion: "1",
+			CreationTimestamp: metav1.NewTime(t0.Add(-24 * time.Hour)),
+			Labels:            map[string]string{"team": "cart"}, Annotations: map[string]string{"note": "x"}},
+		Spec: apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{Mode: apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE}},
+	}
+}
+
+func newEnv(t *testing.T, withPolicy bool) *env {
+	log := []string{}
+	e := &env{t: t, clock: &fakeClock{now: t0}, log: &log, prom: healthyProm}
+	e.kube = kubefake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cart"}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "cart-1", Namespace: "cart", UID: "p1"}, Status: corev1.PodStatus{Phase: corev1.PodRunning,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}},
+	)
+	if withPolicy {
+		e.istio = istiofake.NewSimpleClientset(existingPolicy())
+	} else {
+		e.istio = istiofake.NewSimpleClientset()
+	}
+	e.store = &recordingStore{Memory: state.NewMemory(), log: e.log}
+	e.digest = func(pas []*securityv1.PeerAuthentication) string { return fmt.Sprintf("n=%d", len(pas)) }
+	return e
+}
+
+func testPlan(updatesExisting bool, digest string) *plans.Plan {
+	return &plans.Plan{
+		APIVersion: plans.APIVersion, Kind: plans.Kind,
+		Metadata: plans.Metadata{Name: "p", GeneratedAt: t0.Add(-2 * time.Hour), Window: plans.Duration(7 * 24 * time.Hour), RootNamespace: "istio-system"},
+		Stages: []plans.Stage{{
+			Number: 1, Namespace: "cart", Status: plans.StatusReady, CurrentMode: plans.ModePermissive, TargetMode: plans.ModeStrict,
+			PolicyDigest: digest,
+			Policy: plans.Policy{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, UpdatesExisting: updatesExisting,
+				Metadata: plans.PolicyMetadata{Name: "default", Namespace: "cart", Labels: map[string]string{rollback.ManagedByLabel: rollback.ManagedByValue}},
+				Spec:     plans.PolicySpec{MTLS: plans.PolicyMTLS{Mode: plans.ModeStrict}}},
+			Probes: []plans.Probe{{Name: "plaintext", Kind: plans.ProbeExec, URL: "http://cartservice.cart:7070/", Pod: "default/testcurl", Expect: plans.Expect{Refused: true}}},
+			Gates:  []plans.Gate{{Name: "success-rate", Query: "success", Comparison: plans.GreaterOrEqual, Threshold: 0.05, Relative: plans.BaselineMinus}},
+			Soak:   plans.Duration(time.Minute),
+		}},
+	}
+}
+
+func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, *fakeWriter) {
+	w := &fakeWriter{e: e}
+	d := Deps{
+		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
+		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Now: e.clock.Now, Sleep: e.clock.Sleep, Timeout: time.Second},
+		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
+	}
+	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second}
+	if mutate != nil {
+		mutate(&d, &o)
+	}
+	res, err := Run(context.Background(), d, o)
+	return res, err, w
+}
+
+func (e *env) phase() state.Phase {
+	s, err := e.store.Load(context.Background())
+	if err != nil || s.Plan("sha256:p") == nil || s.Plan("sha256:p").Stage(1) == nil {
+		return ""
+	}
+	return s.Plan("sha256:p").Stage(1).Phase
+}
+
+func (e *env) policy() *securityv1.PeerAuthentication {
+	pa, err := e.istio.SecurityV1().PeerAuthentications("cart").Get(context.Background(), "default", metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	return pa
+}
+
+func index(log []string, s string) int {
+	for i, l := range log {
+		if l == s {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestHealthyStageIsDoneAndStateIsWrittenBeforeTheChange(t *testing.T) {
+	for _, existing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("existing=%v", existing), func(t *testing.T) {
+			e := newEnv(t, existing)
+			digest := "n=0"
+			if existing {
+				digest = "n=1"
+			}
+			res, err, _ := e.run(testPlan(existing, digest), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Outcome != OutcomeDone || e.phase() != state.Done {
+				t.Fatalf("outcome %s phase %s", res.Outcome, e.phase())
+			}
+			log := *e.log
+			if a, s := index(log, "state:applying"), index(log, "apply"); a < 0 || s < 0 || a > s {
+				t.Fatalf("state applying must be written before the apply: %v", log)
+			}
+			if pa := e.policy(); pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_STRICT {
+				t.Fatalf("policy not STRICT: %+v", pa)
+			} else if existing && (pa.Labels["team"] != "cart" || pa.Labels[rollback.ManagedByLabel] != "" || pa.Annotations[rollback.StageAnnotation] != "p/1") {
+				t.Fatalf("pre-existing policy: labels %v annotations %v", pa.Labels, pa.Annotations)
+			} else if !existing && pa.Labels[rollback.ManagedByLabel] != rollback.ManagedByValue {
+				t.Fatalf("created policy lacks the managed-by label: %v", pa.Labels)
+			}
+			s, _ := e.store.Load(context.Background())
+			st := s.Plan("sha256:p").Stage(1)
+			if st.AppliedBy != "alice" || len(st.Snapshot) != map[bool]int{true: 1, false: 0}[existing] || st.Target.UID == "" || len(st.Gates) == 0 {
+				t.Fatalf("state not recorded: %+v", st)
+			}
+		})
+	}
+}
+
+func TestFailuresRollBack(t *testing.T) {
+	tests := []struct {
+		name   string
+		prom   func(q string, ts time.Time) (model.Value, error)
+		exec   bool // plaintext never refused after the change
+		reason string
+	}{
+		{"gate fails during the soak", func(q string, ts time.Time) (model.Value, error) {
+			if ts.After(t0.Add(20*time.Second)) && q == "success" {
+				return model.Vector{&model.Sample{Value: 0.5}}, nil
+			}
+			return healthyProm(q, ts)
+		}, false, "gate success-rate failed"},
+		{"prometheus down during the soak", func(q string, ts time.Time) (model.Value, error) {
+			if ts.After(t0.Add(20 * time.Second)) {
+				return nil, errors.New("connection refused")
+			}
+			return healthyProm(q, ts)
+		}, false, "consecutive errors"},
+		{"probe not refused", healthyProm, true, "probe plaintext: expected refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.prom = tt.prom
+			res, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+				if tt.exec {
+					d.Prober.Exec = execFunc(func() (string, int) { return "200", 0 })
+				}
+			})
+			var rb *RolledBackError
+			if !errors.As(err, &rb) || !strings.Contains(rb.Reason, tt.reason) {
+				t.Fatalf("want RolledBackError with %q, got %v", tt.reason, err)
+			}
+			if res.Outcome != OutcomeRolledBack || e.phase() != state.RolledBack {
+				t.Fatalf("outcome %s phase %s", res.Outcome, e.phase())
+			}
+			pa, want := e.policy(), existingPolicy()
+			if pa.Spec.GetMtls().GetMode() != want.Spec.Mtls.Mode || pa.UID != want.UID || len(pa.Annotations) != 1 || pa.Labels["team"] != "cart" {
+				t.Fatalf("not restored: %+v", pa)
+			}
+		})
+	}
+}
+
+type execFunc func() (string, int)
+
+func (f execFunc) Exec(context.Context, string, string, string, []string) (string, int, error) {
+	out, code := f()
+	return out, code, nil
+}
+
+func TestRollbackFailureIsReported(t *testing.T) {
+	e := newEnv(t, true)
+	e.prom = func(q string, ts time.Time) (model.Value, error) {
+		if ts.After(t0.Add(20*time.Second)) && q == "success" {
+			return model.Vector{&model.Sample{Value: 0}}, nil
+		}
+		return healthyProm(q, ts)
+	}
+	applied := false
+	e.istio.PrependReactor("update", "peerauthentications", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if !applied { // the first update is the (fake) apply
+			applied = true
+			return false, nil, nil
+		}
+		return true, nil, apierrors.NewInternalError(errors.New("etcd unavailable"))
+	})
+	res, err, _ := e.run(testPlan(true, "n=1"), nil)
+	var rf *RollbackFailedError
+	if !errors.As(err, &rf) || res.Outcome != OutcomeRollbackFailed || e.phase() != state.Failed {
+		t.Fatalf("want RollbackFailedError and phase failed, got %v, %s", err, e.phase())
+	}
+}
+
+func TestPreflightRefusals(t *testing.T) {
+	tests := []struct {
+		name    string
+		plan    func(*plans.Plan)
+		env     func(*env)
+		opts    func(*Options)
+		refused string
+	}{
+		{"blocked stage without --force", func(p *plans.Plan) {
+			p.Stages[0].Status = plans.StatusBlocked
+			p.Stages[0].Risks = []plans.Risk{{Code: "PLAINTEXT_CLIENT", Severity: plans.SeverityBlock, Message: "ingress sends plaintext"}}
+		}, nil, nil, "blocked by the plan: PLAINTEXT_CLIENT"},
+		{"policies changed since the plan", func(p *plans.Plan) { p.Stages[0].PolicyDigest = "n=0"; p.Stages[0].Policy.UpdatesExisting = false }, func(e *env) {
+			_, _ = e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), &securityv1.PeerAuthentication{
+				ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "cart", CreationTimestamp: metav1.NewTime(t0.Add(-time.Hour))}}, metav1.CreateOptions{})
+		}, nil, "changed since the plan was made (2026-03-01T10:00:00Z): added late"},
+		{"namespace missing", func(p *plans.Plan) { p.Stages[0].Namespace = "gone" }, nil, nil, `namespace "gone" does not exist`},
+		{"plaintext since the plan", nil, func(e *env) {
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "istio_requests_total") && strings.Contains(q, "connection_security_policy") {
+					if !strings.Contains(q, "[2h0m0s]") && !strings.Contains(q, "[1h]") {
+						return nil, fmt.Errorf("unexpected range in %s", q)
+					}
+					return model.Vector{&model.Sample{Metric: model.Metric{"source_workload": "nightly", "source_workload_namespace": "batch"}, Value: 3}}, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, "batch/nightly (3 plaintext requests)"},
+		{"probe cannot reach its target", nil, nil, func(o *Options) {}, "probe plaintext cannot reach its target now"},
+		{"stage already in progress", nil, func(e *env) {
+			_ = e.store.Update(context.Background(), func(s *state.State) error {
+				s.EnsurePlan("p", "sha256:p", t0).EnsureStage(1, "cart").SetPhase(state.Soaking, t0, "")
+				return nil
+			})
+		}, nil, "is soaking since"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			p := testPlan(true, "n=1")
+			if tt.plan != nil {
+				tt.plan(p)
+			}
+			if tt.env != nil {
+				tt.env(e)
+			}
+			before := e.policy()
+			_, err, w := e.run(p, func(d *Deps, o *Options) {
+				if tt.opts != nil {
+					d.Prober.Exec = &fakeExec{e: e, refuseAlways: true}
+				}
+			})
+			if !IsRefused(err) || !strings.Contains(err.Error(), tt.refused) {
+				t.Fatalf("want refusal %q, got %v", tt.refused, err)
+			}
+			if len(w.dry) != 0 {
+				t.Fatal("refused stage reached the apply")
+			}
+			if after := e.policy(); after.ResourceVersion != before.ResourceVersion {
+				t.Fatal("refused stage changed the policy")
+			}
+		})
+	}
+}
+
+func TestForcedBlockedStageRecordsTheReason(t *testing.T) {
+	e := newEnv(t, true)
+	p := testPlan(true, "n=1")
+	p.Stages[0].Status = plans.StatusBlocked
+	res, err, _ := e.run(p, func(_ *Deps, o *Options) { o.Force, o.Reason = true, "demo" })
+	if err != nil || res.Forced != "demo" {
+		t.Fatalf("%v %+v", err, res)
+	}
+	s, _ := e.store.Load(context.Background())
+	if s.Plan("sha256:p").Stage(1).ForceReason != "demo" {
+		t.Fatal("force reason not recorded")
+	}
+}
+
+func TestDryRunChangesNothingAndWritesNoState(t *testing.T) {
+	e := newEnv(t, true)
+	res, err, w := e.run(testPlan(true, "n=1"), func(_ *Deps, o *Options) { o.DryRun = true })
+	if err != nil || res.Outcome != OutcomeDryRun || len(w.dry) != 1 || !w.dry[0] {
+		t.Fatalf("%v %+v %v", err, res, w.dry)
+	}
+	if e.store.Writes != 0 {
+		t.Fatalf("dry run wrote the state %d times", e.store.Writes)
+	}
+	if e.policy().Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE {
+		t.Fatal("dry run changed the policy")
+	}
+}
+
+func TestInterruptedSoakRollsBack(t *testing.T) {
+	e := newEnv(t, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	calls := 0
+	e.prom = func(q string, ts time.Time) (model.Value, error) {
+		if q == "success" && ts.After(t0.Add(15*time.Second)) {
+			calls++
+			if calls == 1 {
+				cancel()
+			}
+		}
+		return healthyProm(q, ts)
+	}
+	w := &fakeWriter{e: e}
+	d := Deps{Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
+		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Now: e.clock.Now, Sleep: e.clock.Sleep},
+		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	_, err := Run(ctx, d, Options{Plan: testPlan(true, "n=1"), PlanDigest: "sha256:p", Stage: 1})
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || e.phase() != state.RolledBack {
+		t.Fatalf("got %v, phase %s", err, e.phase())
+	}
+}
+

@@ -1,0 +1,256 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/prometheus/common/model"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/probe"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
+)
+
+// preflight runs every check that needs no change; it returns the live
+// PeerAuthentications and the one the stage targets (nil when it will be
+// created).
+func (r *run) preflight(ctx context.Context) error {
+	ns := r.stage.Namespace
+	if _, err := r.d.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
+		if apierrors.IsNotFound(err) {
+			return refusef("namespace %q does not exist in this cluster (is --context the cluster the plan was made for?)", ns)
+		}
+		return fmt.Errorf("read namespace %q: %w", ns, err)
+	}
+
+	if r.stage.Status == plans.StatusBlocked && !r.o.Force {
+		var why []string
+		for _, rk := range r.stage.Risks {
+			if rk.Severity == plans.SeverityBlock {
+				why = append(why, rk.Code+": "+rk.Message)
+			}
+		}
+		return refusef("stage %d (%s) is blocked by the plan: %s; fix that and re-run plan, or pass --force --reason \"...\" (recorded)", r.stage.Number, ns, strings.Join(why, "; "))
+	}
+	if r.stage.Status == plans.StatusBlocked {
+		r.note(fmt.Sprintf("blocked stage forced: %s", r.o.Reason))
+	}
+
+	st, err := r.d.Store.Load(ctx)
+	if err != nil {
+		return err
+	}
+	if err := checkNotInProgress(st, r.o.PlanDigest, r.stage.Number); err != nil {
+		return err
+	}
+
+	live, err := rollback.List(ctx, r.d.Istio, ns)
+	if err != nil {
+		return err
+	}
+	r.live = live
+	if err := r.checkPolicies(); err != nil {
+		return err
+	}
+	if err := r.checkTarget(); err != nil {
+		return err
+	}
+	if err := r.checkPlaintext(ctx, st); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkNotInProgress refuses when a stage is mid-way (a run is going on, or
+// died: the scheduled-Job issue resumes those) or this stage is done.
+func checkNotInProgress(s *state.State, digest string, n int) error {
+	if p, st := s.InProgress(); st != nil {
+		return refusef("stage %d (%s) of plan %q is %s since %s (by %s): another run is in progress or died; roll it back with `mtls-migrate rollback --plan FILE --stage %d`",
+			st.Number, st.Namespace, p.Name, st.Phase, st.StartedAt.Format(time.RFC3339), orUnknown(st.AppliedBy), st.Number)
+	}
+	if p := s.Plan(digest); p != nil {
+		if st := p.Stage(n); st != nil && st.Phase == state.Done {
+			return refusef("stage %d (%s) is already done (at %s by %s); roll it back first to apply it again",
+				n, st.Namespace, st.FinishedAt.Format(time.RFC3339), orUnknown(st.AppliedBy))
+		}
+	}
+	return nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// checkPolicies refuses when the namespace's PeerAuthentications changed
+// since the plan was made, naming what changed as far as the objects tell.
+func (r *run) checkPolicies() error {
+	if r.stage.PolicyDigest == "" {
+		r.note("the plan has no policyDigest for this stage: not checking whether PeerAuthentications changed since the plan")
+		return nil
+	}
+	if r.d.Digest == nil {
+		r.note("no policy digest function: not checking whether PeerAuthentications changed since the plan")
+		return nil
+	}
+	got := r.d.Digest(r.live)
+	if got == r.stage.PolicyDigest {
+		return nil
+	}
+	return refusef("the PeerAuthentications in %q changed since the plan was made (%s): %s; re-run plan",
+		r.stage.Namespace, r.o.Plan.Metadata.GeneratedAt.Format(time.RFC3339), describeChanges(r.live, r.o.Plan.Metadata.GeneratedAt))
+}
+
+// describeChanges names objects created or modified after the plan, from
+// their creation time and managedFields times; with none, one was deleted
+// (the plan holds only a digest, so a deleted name cannot be told).
+func describeChanges(live []*securityv1.PeerAuthentication, since time.Time) string {
+	var parts []string
+	for _, pa := range live {
+		switch {
+		case pa.CreationTimestamp.After(since):
+			parts = append(parts, "added "+pa.Name)
+		default:
+			for _, mf := range pa.ManagedFields {
+				if mf.Time != nil && mf.Time.After(since) {
+					parts = append(parts, fmt.Sprintf("modified %s (by %s at %s)", pa.Name, mf.Manager, mf.Time.UTC().Format(time.RFC3339)))
+					break
+				}
+			}
+		}
+	}
+	if len(parts) == 0 {
+		names := make([]string, 0, len(live))
+		for _, pa := range live {
+			names = append(names, pa.Name)
+		}
+		return fmt.Sprintf("none of the current ones (%s) is newer than the plan, so one was deleted", strings.Join(names, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// checkTarget verifies the plan's view of the target policy still holds.
+// Istio keeps the oldest of two namespace-wide policies (no selector), so a
+// new one next to an existing one would be ignored: the stage must patch
+// that one in place (https://istio.io/latest/docs/reference/config/security/peer_authentication/).
+func (r *run) checkTarget() error {
+	pol := r.stage.Policy
+	var wide []string
+	for _, pa := range r.live {
+		if pa.Name == pol.Metadata.Name {
+			r.target = pa
+		}
+		if pa.Spec.GetSelector() == nil {
+			wide = append(wide, pa.Name)
+		}
+	}
+	switch {
+	case pol.UpdatesExisting && r.target == nil:
+		return refusef("the plan patches PeerAuthentication %s/%s, which no longer exists; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
+	case !pol.UpdatesExisting && r.target != nil:
+		return refusef("the plan creates PeerAuthentication %s/%s, which now exists; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
+	case r.target != nil && r.target.Spec.GetSelector() != nil:
+		return refusef("PeerAuthentication %s/%s has a workload selector; the stage needs the namespace-wide policy; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
+	}
+	for _, name := range wide {
+		if name != pol.Metadata.Name {
+			return refusef("namespace %q already has the namespace-wide PeerAuthentication %q; a second one would be ignored by Istio (the oldest wins); re-run plan", r.stage.Namespace, name)
+		}
+	}
+	return nil
+}
+
+// checkPlaintext re-queries Prometheus for plaintext into the namespace
+// since the plan was made (at most the last hour), and since the tool's own
+// last probes there.
+func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
+	now := r.d.Clock.Now()
+	since := r.o.Plan.Metadata.GeneratedAt
+	if t, ok := st.ProbedAt[r.stage.Namespace]; ok && t.After(since) {
+		since = t.Add(time.Second)
+	}
+	rng := now.Sub(since)
+	if rng > time.Hour || rng <= 0 {
+		rng = time.Hour
+	}
+	if rng < time.Second {
+		rng = time.Second
+	}
+	sel := `reporter="destination",connection_security_policy!="mutual_tls"`
+	if r.stage.Scope != plans.ScopeMesh {
+		sel += fmt.Sprintf(`,destination_workload_namespace=%q`, r.stage.Namespace)
+	}
+	window := model.Duration(rng.Round(time.Second)).String()
+	queries := map[string]string{
+		"requests":    fmt.Sprintf(`sum by (source_workload, source_workload_namespace) (increase(istio_requests_total{%s}[%s]))`, sel, window),
+		"connections": fmt.Sprintf(`sum by (source_workload, source_workload_namespace) (increase(istio_tcp_connections_opened_total{%s}[%s]))`, sel, window),
+	}
+	var found []string
+	for _, what := range []string{"requests", "connections"} {
+		qctx, cancel := r.promCtx(ctx)
+		v, _, err := r.d.Prom.Query(qctx, queries[what], now)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("pre-flight: query Prometheus for plaintext %s into %q: %w; it must answer before a stage is applied (check --prometheus-url)", what, r.stage.Namespace, err)
+		}
+		vec, _ := v.(model.Vector)
+		for _, s := range vec {
+			if s.Value > 0 {
+				found = append(found, fmt.Sprintf("%s/%s (%.0f plaintext %s)", s.Metric["source_workload_namespace"], s.Metric["source_workload"], float64(s.Value), what))
+			}
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	sort.Strings(found)
+	msg := fmt.Sprintf("plaintext traffic into %q in the last %s (since the plan): %s", r.stage.Namespace, window, strings.Join(found, ", "))
+	if r.o.Force {
+		r.note("forced despite " + msg)
+		return nil
+	}
+	return refusef("%s; STRICT would cut these clients off: re-run plan, or pass --force --reason \"...\"", msg)
+}
+
+// precheckProbes makes every probe once before the change. A probe that
+// expects a refusal must get an HTTP answer now, or it proves nothing (a
+// stale address refuses too); a probe that expects a status must get it.
+func (r *run) precheckProbes(ctx context.Context) error {
+	if len(r.stage.Probes) == 0 {
+		return nil
+	}
+	err := r.d.Store.Update(ctx, func(s *state.State) error {
+		if s.ProbedAt == nil {
+			s.ProbedAt = map[string]time.Time{}
+		}
+		s.ProbedAt[r.stage.Namespace] = r.d.Clock.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	within := min(r.o.ProbeWithin, 10*time.Second)
+	for _, p := range r.stage.Probes {
+		want := func(o probe.Observation) bool { return probe.Satisfied(p.Expect, o) }
+		what := fmt.Sprintf("HTTP %d", p.Expect.Status)
+		if p.Expect.Refused {
+			want, what = probe.Answered, "an HTTP answer (plaintext accepted before the change)"
+		}
+		res := r.d.Prober.Until(ctx, p, want, within)
+		r.d.Progress.Step("preflight", "probe before the change", "probe", p.Name, "observed", res.Observed.String(), "ok", res.OK)
+		if !res.OK {
+			return refusef("probe %s cannot reach its target now (expected %s, got %s); re-run plan", p.Name, what, res.Observed)
+		}
+	}
+	return nil
+}

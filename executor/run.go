@@ -1,0 +1,383 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	apisecurity "istio.io/api/security/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/events"
+	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/probe"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
+)
+
+// run is one execution of one stage.
+type run struct {
+	d     Deps
+	o     Options
+	stage *plans.Stage
+	res   *Result
+
+	live      []*securityv1.PeerAuthentication
+	target    *securityv1.PeerAuthentication // nil: the stage creates it
+	baselines map[string]*health.Baseline
+	pods      *health.PodCheck
+	changed   bool // the apply may have reached the API server
+}
+
+// rollbackTimeout bounds the rollback after an interruption, when the run's
+// own context is already cancelled.
+const rollbackTimeout = 2 * time.Minute
+
+// Run executes one stage. Its error says how it ended: a *RefusedError
+// (nothing touched), *RolledBackError, *RollbackFailedError, or any other
+// error (nothing left changed, or the state says what is).
+func Run(ctx context.Context, d Deps, o Options) (*Result, error) {
+	o.defaults()
+	if d.Clock == nil {
+		d.Clock = health.RealClock{}
+	}
+	if d.Events == nil || o.DryRun {
+		d.Events = events.Discard{}
+	}
+	stage, err := o.Plan.Stage(o.Stage)
+	if err != nil {
+		return nil, &RefusedError{Reason: err.Error()}
+	}
+	r := &run{d: d, o: o, stage: stage, res: &Result{Stage: stage.Number, Namespace: stage.Namespace}}
+	if o.Force {
+		r.res.Forced = o.Reason
+	}
+	err = r.execute(ctx)
+	return r.res, err
+}
+
+func (r *run) note(s string) {
+	r.res.Notes = append(r.res.Notes, s)
+	r.d.Progress.Step("note", s)
+}
+
+func (r *run) promCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if r.d.PromTimeout > 0 {
+		return context.WithTimeout(ctx, r.d.PromTimeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+func (r *run) execute(ctx context.Context) error {
+	ns := r.stage.Namespace
+	r.d.Progress.Step("preflight", "checking", "stage", r.stage.Number, "namespace", ns)
+	if err := r.preflight(ctx); err != nil {
+		return err
+	}
+	if r.o.DryRun {
+		return r.dryRun(ctx)
+	}
+	if err := r.precheckProbes(ctx); err != nil {
+		return err
+	}
+
+	r.d.Progress.Step("baseline", "measuring gates before the change")
+	if err := r.baseline(ctx); err != nil {
+		return err
+	}
+
+	r.d.Progress.Step("snapshot", "recording the namespace's PeerAuthentications in the migration state")
+	if err := r.snapshot(ctx); err != nil {
+		return err
+	}
+	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d of plan %s: applying mTLS %s", r.stage.Number, r.o.Plan.Metadata.Name, r.stage.TargetMode))
+
+	r.d.Progress.Step("apply", fmt.Sprintf("server-side apply of PeerAuthentication %s/%s mode %s", ns, r.stage.Policy.Metadata.Name, r.stage.TargetMode))
+	if err := r.apply(ctx); err != nil {
+		return r.fail(ctx, "apply failed: "+err.Error(), err)
+	}
+
+	r.d.Progress.Step("settle", fmt.Sprintf("waiting %s for the proxies to get the change (istiod's sync status is not polled)", r.o.Settle))
+	if err := r.d.Clock.Sleep(ctx, r.o.Settle); err != nil {
+		return r.fail(ctx, "interrupted while settling", nil)
+	}
+
+	r.d.Progress.Step("probes", "checking probes")
+	if reason := r.probes(ctx); reason != "" {
+		return r.fail(ctx, reason, nil)
+	}
+
+	soak := r.stage.Soak.Std()
+	if r.o.Soak > 0 {
+		soak = r.o.Soak
+	}
+	if err := r.setPhase(ctx, state.Soaking, "", func(st *state.StageState) { st.Probes = r.res.Probes }); err != nil {
+		return r.fail(ctx, "record soaking: "+err.Error(), err)
+	}
+	r.event(ctx, corev1.EventTypeNormal, events.StageSoaking, fmt.Sprintf("stage %d: probes passed; soaking %s with %d gates", r.stage.Number, soak, len(r.stage.Gates)+1))
+	r.d.Progress.Step("soak", fmt.Sprintf("evaluating gates every %s for %s", r.o.GateInterval, soak))
+	out := r.soak(ctx, soak)
+	if !out.Healthy {
+		return r.fail(ctx, out.Reason, nil)
+	}
+	if err := r.setPhase(ctx, state.Done, "", func(st *state.StageState) { st.Gates = r.res.Gates }); err != nil {
+		return r.fail(ctx, "record done: "+err.Error(), err)
+	}
+	r.res.Outcome = OutcomeDone
+	r.event(ctx, corev1.EventTypeNormal, events.StageDone, fmt.Sprintf("stage %d: mTLS %s verified through a %s soak", r.stage.Number, r.stage.TargetMode, soak))
+	r.d.Progress.Step("done", fmt.Sprintf("stage %d (%s) is %s", r.stage.Number, ns, r.stage.TargetMode))
+	return nil
+}
+
+func (r *run) dryRun(ctx context.Context) error {
+	r.d.Progress.Step("apply", "dry run: sending the change through the API server's validation; nothing is persisted and no state is written")
+	obj, err := r.d.Writer.Apply(ctx, r.applyConfig(), true)
+	if err != nil {
+		return fmt.Errorf("dry run of PeerAuthentication %s/%s: %w", r.stage.Namespace, r.stage.Policy.Metadata.Name, err)
+	}
+	obj.ManagedFields = nil
+	r.res.Applied = obj
+	r.res.Outcome = OutcomeDryRun
+	return nil
+}
+
+// applyConfig is what the stage server-side applies: on an object it
+// creates, the plan's labels plus the managed-by label; on a pre-existing
+// one only the mode and the stage annotation (its labels stay its owner's).
+func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
+	pol := r.stage.Policy
+	cfg := applyv1.PeerAuthentication(pol.Metadata.Name, pol.Metadata.Namespace)
+	if r.target == nil {
+		labels := map[string]string{}
+		for k, v := range pol.Metadata.Labels {
+			labels[k] = v
+		}
+		labels[rollback.ManagedByLabel] = rollback.ManagedByValue
+		cfg.WithLabels(labels)
+	} else {
+		cfg.WithAnnotations(map[string]string{rollback.StageAnnotation: fmt.Sprintf("%s/%d", r.o.Plan.Metadata.Name, r.stage.Number)})
+	}
+	cfg.Spec = &apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{
+		Mode: apisecurity.PeerAuthentication_MutualTLS_Mode(apisecurity.PeerAuthentication_MutualTLS_Mode_value[string(r.stage.TargetMode)]),
+	}}
+	return cfg
+}
+
+func (r *run) baseline(ctx context.Context) error {
+	now := r.d.Clock.Now()
+	r.baselines = map[string]*health.Baseline{}
+	for _, g := range r.stage.Gates {
+		qctx, cancel := r.promCtx(ctx)
+		b, err := health.MeasureBaseline(qctx, r.d.Prom, g, now)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%w; nothing was changed", err)
+		}
+		r.baselines[g.Name] = &b
+		gv := state.GateValue{Name: g.Name, Verdict: "baseline", Value: state.Float(b.Value), Samples: state.Float(b.Samples), At: now.UTC()}
+		if g.Relative != plans.Absolute && !b.HasValue() {
+			gv.Message = "no baseline data (no traffic before?): this relative gate cannot judge"
+			r.note(fmt.Sprintf("gate %s: %s", g.Name, gv.Message))
+		}
+		r.res.Baseline = append(r.res.Baseline, gv)
+		r.d.Progress.Step("baseline", "gate baseline", "gate", g.Name, "value", b.Value, "samples", b.Samples)
+	}
+	pods, err := health.NewPodCheck(ctx, r.d.Kube, r.stage.Namespace)
+	if err != nil {
+		return fmt.Errorf("baseline: %w; nothing was changed", err)
+	}
+	r.pods = pods
+	return nil
+}
+
+// snapshot re-reads the namespace's policies right before the change,
+// checks they are still what pre-flight saw, and writes the stage as
+// applying with the snapshot: after this, the state can undo anything.
+func (r *run) snapshot(ctx context.Context) error {
+	live, err := rollback.List(ctx, r.d.Istio, r.stage.Namespace)
+	if err != nil {
+		return err
+	}
+	if len(live) != len(r.live) {
+		return refusef("the PeerAuthentications in %q changed during pre-flight; run again", r.stage.Namespace)
+	}
+	for i := range live {
+		if live[i].Name != r.live[i].Name || live[i].ResourceVersion != r.live[i].ResourceVersion {
+			return refusef("PeerAuthentication %s/%s changed during pre-flight; run again", r.stage.Namespace, live[i].Name)
+		}
+	}
+	raw, err := rollback.Encode(live)
+	if err != nil {
+		return err
+	}
+	now := r.d.Clock.Now()
+	return r.d.Store.Update(ctx, func(s *state.State) error {
+		if err := checkNotInProgress(s, r.o.PlanDigest, r.stage.Number); err != nil {
+			return err
+		}
+		st := s.EnsurePlan(r.o.Plan.Metadata.Name, r.o.PlanDigest, now).EnsureStage(r.stage.Number, r.stage.Namespace)
+		*st = state.StageState{Number: st.Number, Namespace: st.Namespace, History: st.History}
+		st.TargetMode = string(r.stage.TargetMode)
+		st.AppliedBy = r.o.Actor
+		if r.o.Force {
+			st.ForceReason = r.o.Reason
+		}
+		st.Snapshot = raw
+		st.Target = &state.Target{Name: r.stage.Policy.Metadata.Name, Created: r.target == nil, Mode: string(r.stage.TargetMode)}
+		st.Baseline = r.res.Baseline
+		st.SetPhase(state.Applying, now, "")
+		return nil
+	})
+}
+
+func (r *run) apply(ctx context.Context) error {
+	r.changed = true
+	obj, err := r.d.Writer.Apply(ctx, r.applyConfig(), false)
+	if err != nil {
+		return err
+	}
+	if r.target != nil && obj.UID != r.target.UID {
+		return fmt.Errorf("the applied object has UID %s, not %s as snapshotted: it was recreated meanwhile", obj.UID, r.target.UID)
+	}
+	r.res.Applied = obj.Name
+	return r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
+		st.Target.UID = string(obj.UID)
+		st.Target.ResourceVersion = obj.ResourceVersion
+	})
+}
+
+// probes checks every probe after the change; it returns why one failed.
+func (r *run) probes(ctx context.Context) string {
+	for _, p := range r.stage.Probes {
+		res := r.d.Prober.Expect(ctx, p, r.o.ProbeWithin)
+		r.res.Probes = append(r.res.Probes, state.ProbeResult{Name: p.Name, OK: res.OK, Observed: res.Observed.String(), At: r.d.Clock.Now().UTC()})
+		r.d.Progress.Step("probes", "probe", "probe", p.Name, "observed", res.Observed.String(), "ok", res.OK, "attempts", res.Attempts)
+		if !res.OK {
+			want := fmt.Sprintf("HTTP %d", p.Expect.Status)
+			if p.Expect.Refused {
+				want = "refused"
+			}
+			return fmt.Sprintf("probe %s: expected %s, got %s after %d attempts", p.Name, want, res.Observed, res.Attempts)
+		}
+	}
+	return ""
+}
+
+func (r *run) soak(ctx context.Context, d time.Duration) health.Outcome {
+	checks := []health.Check{r.pods}
+	gates := map[string]plans.Gate{}
+	for _, g := range r.stage.Gates {
+		checks = append(checks, &health.PromGate{Gate: g, Baseline: r.baselines[g.Name], Querier: r.d.Prom, Timeout: r.d.PromTimeout})
+		gates[g.Name] = g
+	}
+	runner := &health.Runner{
+		Checks: checks, Baselines: r.baselines, Gates: gates,
+		Interval: r.o.GateInterval, MaxConsecutiveErrors: r.o.MaxConsecutiveErrors, Clock: r.d.Clock,
+		OnTick: func(t health.Tick) {
+			r.d.Progress.Tick(t)
+			r.res.Gates = gateValues(t.Results, r.d.Clock.Now())
+			// Last gate values go to the state each round (status shows them);
+			// a failed write is logged, not fatal: the verdict does not need it.
+			if err := r.setPhase(ctx, "", "", func(st *state.StageState) { st.Gates = r.res.Gates }); err != nil {
+				r.d.Progress.Step("soak", "could not record gate values: "+err.Error())
+			}
+		},
+	}
+	return runner.Soak(ctx, d)
+}
+
+func gateValues(rs []health.Result, now time.Time) []state.GateValue {
+	out := make([]state.GateValue, 0, len(rs))
+	for _, g := range rs {
+		out = append(out, state.GateValue{Name: g.Gate, Verdict: string(g.Verdict), Value: state.Float(g.Value),
+			Threshold: state.Float(g.Threshold), Samples: state.Float(g.Samples), Message: g.Message, At: now.UTC()})
+	}
+	return out
+}
+
+// setPhase updates this stage in the state; phase "" keeps the phase.
+func (r *run) setPhase(ctx context.Context, phase state.Phase, reason string, mutate func(*state.StageState)) error {
+	now := r.d.Clock.Now()
+	return r.d.Store.Update(ctx, func(s *state.State) error {
+		p := s.Plan(r.o.PlanDigest)
+		if p == nil || p.Stage(r.stage.Number) == nil {
+			return errors.New("the stage vanished from the migration state")
+		}
+		st := p.Stage(r.stage.Number)
+		if mutate != nil {
+			mutate(st)
+		}
+		if phase != "" && (phase != st.Phase || reason != "") {
+			st.SetPhase(phase, now, reason)
+		}
+		return nil
+	})
+}
+
+func (r *run) event(ctx context.Context, typ, reason, msg string) {
+	if err := r.d.Events.Event(ctx, r.stage.Namespace, typ, reason, msg); err != nil {
+		r.d.Progress.Step("event", "could not record event: "+err.Error())
+	}
+}
+
+// fail rolls the stage back from the state and confirms with the plaintext
+// probes that plaintext is accepted again. cause, when set, is an error
+// other than a failed check (its exit code is then 1 if the rollback works).
+func (r *run) fail(ctx context.Context, reason string, cause error) error {
+	r.res.Reason = reason
+	// The run's context may be what ended (Ctrl-C, SIGTERM): the rollback
+	// must still happen, within its own bound.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	r.d.Progress.Step("rollback", "rolling back: "+reason)
+	r.event(rctx, corev1.EventTypeWarning, events.StageRollingBack, fmt.Sprintf("stage %d: %s; rolling back", r.stage.Number, reason))
+	rb := &rollback.Runner{Istio: r.d.Istio, Store: r.d.Store, Now: r.d.Clock.Now}
+	reps, err := rb.Stages(rctx, r.o.PlanDigest, []int{r.stage.Number}, reason, rollback.Options{})
+	r.res.Rollback = reps
+	if err == nil {
+		err = r.confirmPlaintext(rctx)
+	}
+	if err != nil {
+		r.res.Outcome = OutcomeRollbackFailed
+		r.event(rctx, corev1.EventTypeWarning, events.StageFailed, fmt.Sprintf("stage %d: rollback failed: %v", r.stage.Number, err))
+		return &RollbackFailedError{Reason: reason, Err: err}
+	}
+	r.res.Outcome = OutcomeRolledBack
+	r.event(rctx, corev1.EventTypeNormal, events.StageRolledBack, fmt.Sprintf("stage %d rolled back: %s", r.stage.Number, reason))
+	r.d.Progress.Step("rollback", "rolled back; the PeerAuthentications are as before the stage")
+	if cause != nil {
+		return fmt.Errorf("%s; the stage was rolled back: %w", reason, cause)
+	}
+	return &RolledBackError{Reason: reason}
+}
+
+// confirmPlaintext checks that every probe that expected a refusal gets an
+// answer again: the rollback reached the proxies.
+func (r *run) confirmPlaintext(ctx context.Context) error {
+	var refused []plans.Probe
+	for _, p := range r.stage.Probes {
+		if p.Expect.Refused {
+			refused = append(refused, p)
+		}
+	}
+	if len(refused) == 0 || !r.changed {
+		return nil
+	}
+	if err := r.d.Clock.Sleep(ctx, r.o.Settle); err != nil {
+		return err
+	}
+	for _, p := range refused {
+		res := r.d.Prober.Until(ctx, p, probe.Answered, r.o.ProbeWithin)
+		r.d.Progress.Step("rollback", "plaintext accepted again?", "probe", p.Name, "observed", res.Observed.String(), "ok", res.OK)
+		if !res.OK {
+			err := fmt.Errorf("after the rollback, probe %s still gets %s instead of an answer: plaintext is not accepted again", p.Name, res.Observed)
+			_ = r.setPhase(ctx, state.Failed, err.Error(), nil)
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,35 @@
+package executor
+
+import (
+	"context"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
+	istio "istio.io/client-go/pkg/clientset/versioned"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mtls-migrate/mtls-migrate/rollback"
+)
+
+// PolicyWriter server-side applies a PeerAuthentication. It is an interface
+// because client-go's fake clientsets do not implement apply semantics
+// (field ownership, merge); the real one is a thin typed call.
+type PolicyWriter interface {
+	Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dryRun bool) (*securityv1.PeerAuthentication, error)
+}
+
+// SSAWriter applies through security.istio.io/v1 with field manager
+// mtls-migrate. Force takes ownership of the fields in cfg only (the mode,
+// our label or annotation): server-side apply never touches fields absent
+// from the configuration, so others' fields stay theirs
+// (https://kubernetes.io/docs/reference/using-api/server-side-apply/#conflicts).
+type SSAWriter struct{ Client istio.Interface }
+
+// Apply sends cfg.
+func (w SSAWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dryRun bool) (*securityv1.PeerAuthentication, error) {
+	opts := metav1.ApplyOptions{FieldManager: rollback.FieldManager, Force: true}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	return w.Client.SecurityV1().PeerAuthentications(*cfg.Namespace).Apply(ctx, cfg, opts)
+}
