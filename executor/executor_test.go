@@ -457,4 +457,3 @@ func TestInterruptedSoakRollsBack(t *testing.T) {
 		t.Fatalf("got %v, phase %s", err, e.phase())
 	}
 }
-

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"syscall"
 	"time"
 
@@ -57,7 +58,11 @@ func Answered(o Observation) bool { return o.Status != 0 }
 // gets from a STRICT listener.
 func isRefusal(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		// net/http reports a connection closed before any response byte as
+		// this unexported error (errServerClosedIdle in net/http/transport.go)
+		// when the close races the request write.
+		strings.Contains(err.Error(), "server closed idle connection")
 }
 
 // Execer runs a command in a pod's container and returns its standard
