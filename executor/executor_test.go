@@ -135,9 +135,9 @@ func (f *fakeExec) Exec(ctx context.Context, _, _, _ string, _ []string) (string
 
 type promFunc func(q string, ts time.Time) (model.Value, error)
 
-func (f promFunc) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, error) {
+func (f promFunc) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
 	v, err := f(q, ts)
-	return v, nil, err
+	return v, nil, nil, err
 }
 
 func healthyProm(q string, _ time.Time) (model.Value, error) {

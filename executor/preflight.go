@@ -198,7 +198,7 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 	var found []string
 	for _, what := range []string{"requests", "connections"} {
 		qctx, cancel := r.promCtx(ctx)
-		v, _, err := r.d.Prom.Query(qctx, queries[what], now)
+		v, _, _, err := r.d.Prom.Query(qctx, queries[what], now)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("pre-flight: query Prometheus for plaintext %s into %q: %w; it must answer before a stage is applied (check --prometheus-url)", what, r.stage.Namespace, err)

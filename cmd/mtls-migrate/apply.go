@@ -1,25 +1,49 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	authv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/mtls-migrate/mtls-migrate/executor"
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
+	"github.com/mtls-migrate/mtls-migrate/internal/events"
+	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/kube"
+	"github.com/mtls-migrate/mtls-migrate/internal/probe"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
 )
+
+// policyDigest is the planner's digest of a namespace's PeerAuthentications
+// (the plan's stages[].policyDigest). It is wired to the inventory package
+// once that lands; until then apply says it cannot check for changes.
+var policyDigest executor.PolicyDigest
 
 // applyOptions are the inputs of `mtls-migrate apply`.
 type applyOptions struct {
-	f        *factory
-	PlanPath string
-	Stage    int
-	Next     bool
-	DryRun   string
-	Soak     time.Duration
-	Force    bool
-	Reason   string
-	Output   string
+	f                    *factory
+	PlanPath             string
+	Stage                int
+	Next                 bool
+	DryRun               string
+	Soak                 time.Duration
+	Force                bool
+	Reason               string
+	Output               string
+	StateNamespace       string
+	Settle               time.Duration
+	GateInterval         time.Duration
+	MaxConsecutiveErrors int
+	ProbeTimeout         time.Duration
+	ProbeRetry           time.Duration
 }
 
 func newApplyCmd(f *factory, runF func(*applyOptions) error) *cobra.Command {
@@ -53,9 +77,15 @@ the snapshot by itself and exits 3.`,
 	cmd.Flags().BoolVar(&o.Next, "next", false, "apply the next pending stage")
 	cmd.Flags().StringVar(&o.DryRun, "dry-run", "none", `"server" sends the change through the API server's validation without persisting it; "none" applies`)
 	cmd.Flags().DurationVar(&o.Soak, "soak", 0, "override the stage's soak time")
-	cmd.Flags().BoolVar(&o.Force, "force", false, "apply a blocked stage (requires --reason, which is recorded)")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "apply a blocked stage, or despite plaintext seen since the plan (requires --reason, which is recorded)")
 	cmd.Flags().StringVar(&o.Reason, "reason", "", "why a blocked stage is forced")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.OutputTable, "output format of the result: table, yaml or json")
+	cmd.Flags().StringVar(&o.StateNamespace, "state-namespace", state.DefaultNamespace, "namespace of the migration state ConfigMap (must exist)")
+	cmd.Flags().DurationVar(&o.Settle, "settle", 5*time.Second, "wait after the change for the proxies to receive it, before probing")
+	cmd.Flags().DurationVar(&o.GateInterval, "gate-interval", 10*time.Second, "how often the health gates are evaluated during the soak")
+	cmd.Flags().IntVar(&o.MaxConsecutiveErrors, "max-consecutive-errors", 3, "no data, NaN or query errors in a row that fail a gate")
+	cmd.Flags().DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "timeout of each probe attempt")
+	cmd.Flags().DurationVar(&o.ProbeRetry, "probe-retry", 30*time.Second, "how long probes are retried before they fail (the change takes a moment to reach every proxy)")
 	return cmd
 }
 
@@ -84,10 +114,169 @@ func (o *applyOptions) Validate() error {
 	if !o.Force && o.Reason != "" {
 		return cli.Usagef("--reason goes with --force")
 	}
+	if o.StateNamespace == "" {
+		return cli.Usagef("--state-namespace must not be empty")
+	}
+	if o.Settle < 0 || o.GateInterval <= 0 || o.ProbeTimeout <= 0 || o.ProbeRetry <= 0 {
+		return cli.Usagef("--settle must not be negative; --gate-interval, --probe-timeout and --probe-retry must be positive")
+	}
+	if o.MaxConsecutiveErrors < 1 {
+		return cli.Usagef("--max-consecutive-errors must be at least 1")
+	}
 	return cli.ValidateOutput(o.Output)
 }
 
+// loadPlan loads the plan; an invalid or unreadable plan is invalid input.
+func loadPlan(path string) (*plans.Plan, string, error) {
+	p, err := plans.LoadFile(path)
+	if err != nil {
+		return nil, "", cli.WithCode(cli.ExitUsage, err)
+	}
+	d, err := plans.Digest(p)
+	if err != nil {
+		return nil, "", err
+	}
+	return p, d, nil
+}
+
 // Run applies the stage.
-func (o *applyOptions) Run(_ *cobra.Command) error {
-	return errNotBuilt("apply")
+func (o *applyOptions) Run(cmd *cobra.Command) error {
+	if o.Next {
+		return errNotBuilt("apply --next")
+	}
+	ctx := cmd.Context()
+	plan, digest, err := loadPlan(o.PlanPath)
+	if err != nil {
+		return err
+	}
+	if _, err := plan.Stage(o.Stage); err != nil {
+		return cli.Usagef("--stage: %v", err)
+	}
+	log, err := o.f.logger()
+	if err != nil {
+		return err
+	}
+	clients, err := o.f.kubeClients()
+	if err != nil {
+		return err
+	}
+	prom, popts, err := o.f.prometheus()
+	if err != nil {
+		return err
+	}
+	var progress executor.Progress = executor.LogProgress{Log: log}
+	if cli.IsTerminal(o.f.streams.ErrOut) && o.f.logFormat != cli.LogJSON {
+		progress = &ttyProgress{w: o.f.streams.ErrOut}
+	}
+	stage, _ := plan.Stage(o.Stage)
+	d := executor.Deps{
+		Kube: clients.Kube, Istio: clients.Istio, Writer: executor.SSAWriter{Client: clients.Istio},
+		Prom: prom, PromTimeout: popts.Timeout,
+		Store: state.NewConfigMapStore(clients.Kube, o.StateNamespace),
+		Prober: &probe.Prober{Timeout: o.ProbeTimeout, Exec: &probe.KubeExec{Config: clients.Config, Client: clients.Kube},
+			Namespace: stage.Namespace},
+		Events: &events.Kube{Client: clients.Kube}, Digest: policyDigest,
+		Clock: health.RealClock{}, Progress: progress, Log: log,
+	}
+	opts := executor.Options{
+		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,
+		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f),
+		Settle: o.Settle, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
+	}
+	res, runErr := executor.Run(ctx, d, opts)
+	if res != nil && (runErr == nil || !executor.IsRefused(runErr)) {
+		if err := cli.PrintData(o.f.streams.Out, o.Output, res, func(w io.Writer) error { return printApplyResult(w, res) }); err != nil {
+			return err
+		}
+	}
+	return applyExitError(runErr)
+}
+
+// applyExitError maps the executor's outcome to the exit codes.
+func applyExitError(err error) error {
+	var (
+		refused *executor.RefusedError
+		rolled  *executor.RolledBackError
+		failed  *executor.RollbackFailedError
+		nsMiss  *state.NamespaceMissingError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &refused), errors.As(err, &nsMiss):
+		return cli.WithCode(cli.ExitUsage, err)
+	case errors.As(err, &failed):
+		return cli.WithCode(cli.ExitRollbackFailed, fmt.Errorf("%w; a person must look: `mtls-migrate rollback` retries, the snapshot is in the migration state", err))
+	case errors.As(err, &rolled):
+		return cli.WithCode(cli.ExitRolledBack, err)
+	}
+	return err
+}
+
+// whoAmI names the runner as the API server knows it (SelfSubjectReview),
+// falling back to the kubeconfig's user name.
+func whoAmI(ctx context.Context, c *kube.Clients, f *factory) string {
+	r, err := c.Kube.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err == nil && r.Status.UserInfo.Username != "" {
+		return r.Status.UserInfo.Username
+	}
+	if raw, err := f.configFlags.ToRawKubeConfigLoader().RawConfig(); err == nil {
+		ctxName := raw.CurrentContext
+		if f.configFlags.Context != nil && *f.configFlags.Context != "" {
+			ctxName = *f.configFlags.Context
+		}
+		if kc, ok := raw.Contexts[ctxName]; ok && kc.AuthInfo != "" {
+			return kc.AuthInfo
+		}
+	}
+	return "unknown"
+}
+
+func printApplyResult(w io.Writer, r *executor.Result) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "stage %d (%s): %s\n", r.Stage, r.Namespace, r.Outcome)
+	if r.Reason != "" {
+		fmt.Fprintf(&b, "reason: %s\n", r.Reason)
+	}
+	if r.Forced != "" {
+		fmt.Fprintf(&b, "forced: %s\n", r.Forced)
+	}
+	for _, p := range r.Probes {
+		fmt.Fprintf(&b, "probe %-30s ok=%-5v %s\n", p.Name, p.OK, p.Observed)
+	}
+	for _, g := range r.Gates {
+		fmt.Fprintf(&b, "gate  %-30s %-12s %s\n", g.Name, g.Verdict, g.Message)
+	}
+	for _, rb := range r.Rollback {
+		for _, a := range rb.Actions {
+			fmt.Fprintf(&b, "rollback: %s: %s\n", a.Object, a.Did)
+		}
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "note: %s\n", n)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// ttyProgress shows the run to a person: a line per step, and the soak's
+// countdown with gate values as they come in.
+type ttyProgress struct{ w io.Writer }
+
+func (p *ttyProgress) Step(step, message string, attrs ...any) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "==> %-9s %s", step, message)
+	for i := 0; i+1 < len(attrs); i += 2 {
+		fmt.Fprintf(&b, " %v=%v", attrs[i], attrs[i+1])
+	}
+	fmt.Fprintln(p.w, b.String())
+}
+
+func (p *ttyProgress) Tick(t health.Tick) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "    soak %s left:", t.Remaining.Round(time.Second))
+	for _, r := range t.Results {
+		fmt.Fprintf(&b, "  %s=%.4g (%s)", r.Gate, r.Value, r.Verdict)
+	}
+	fmt.Fprintln(p.w, b.String())
 }

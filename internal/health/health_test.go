@@ -97,9 +97,9 @@ type fakeProm struct {
 	answer func(q string, ts time.Time) (model.Value, error)
 }
 
-func (f *fakeProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, error) {
+func (f *fakeProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
 	v, err := f.answer(q, ts)
-	return v, nil, err
+	return v, nil, nil, err
 }
 
 func vec(v float64) model.Value { return model.Vector{&model.Sample{Value: model.SampleValue(v)}} }

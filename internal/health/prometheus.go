@@ -16,7 +16,7 @@ import (
 // Querier is the part of client_golang's v1.API the gates use; tests pass a
 // fake (as Argo Rollouts' Prometheus provider does).
 type Querier interface {
-	Query(ctx context.Context, query string, ts time.Time, opts ...v1.Option) (model.Value, v1.Warnings, error)
+	Query(ctx context.Context, query string, ts time.Time, opts ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error)
 }
 
 // ErrTooManySeries says a gate's query returned more than one series.
@@ -26,7 +26,7 @@ var ErrTooManySeries = errors.New("the query returns more than one series; a gat
 // result is NaN with no error ("no data" is for the caller to judge, and
 // Evaluate never passes it).
 func QueryValue(ctx context.Context, q Querier, query string, ts time.Time) (float64, error) {
-	v, _, err := q.Query(ctx, query, ts)
+	v, _, _, err := q.Query(ctx, query, ts)
 	if err != nil {
 		return math.NaN(), fmt.Errorf("prometheus query %q: %w", query, err)
 	}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/mtls-migrate/mtls-migrate/executor"
+	"github.com/mtls-migrate/mtls-migrate/internal/cli"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
+)
+
+func TestApplyFlags(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+	}{
+		{[]string{"--plan", "p.yaml", "--stage", "1"}, 0},
+		{[]string{"--plan", "p.yaml", "--stage", "1", "--force"}, cli.ExitUsage},
+		{[]string{"--plan", "p.yaml", "--stage", "1", "--force", "--reason", "demo"}, 0},
+		{[]string{"--plan", "p.yaml"}, cli.ExitUsage},
+		{[]string{"--plan", "p.yaml", "--stage", "1", "--dry-run", "client"}, cli.ExitUsage},
+		{[]string{"--plan", "p.yaml", "--stage", "1", "--max-consecutive-errors", "0"}, cli.ExitUsage},
+		{[]string{"--plan", "p.yaml", "--stage", "1", "--state-namespace", ""}, cli.ExitUsage},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var got *applyOptions
+			f := &factory{streams: genericiooptions.IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}}
+			cmd := newApplyCmd(f, func(o *applyOptions) error { got = o; return nil })
+			cmd.SetArgs(tt.args)
+			cmd.SetOut(&bytes.Buffer{})
+			cmd.SetErr(&bytes.Buffer{})
+			err := cmd.Execute()
+			if cli.Code(err) != tt.code {
+				t.Fatalf("exit %d (%v), want %d", cli.Code(err), err, tt.code)
+			}
+			if tt.code == 0 && (got == nil || got.StateNamespace != state.DefaultNamespace || got.GateInterval.Seconds() != 10) {
+				t.Fatalf("defaults not set: %+v", got)
+			}
+		})
+	}
+}
+
+func TestApplyExitCodes(t *testing.T) {
+	tests := []struct {
+		err  error
+		code int
+	}{
+		{nil, cli.ExitOK},
+		{&executor.RefusedError{Reason: "blocked"}, cli.ExitUsage},
+		{&state.NamespaceMissingError{Namespace: "mtls-migrate"}, cli.ExitUsage},
+		{&executor.RolledBackError{Reason: "gate"}, cli.ExitRolledBack},
+		{&executor.RollbackFailedError{Reason: "gate", Err: &rollback.ConflictError{Object: "x", Reason: "y"}}, cli.ExitRollbackFailed},
+		{errors.New("prometheus down before the change"), cli.ExitError},
+	}
+	for _, tt := range tests {
+		if got := cli.Code(applyExitError(tt.err)); got != tt.code {
+			t.Errorf("%v: exit %d, want %d", tt.err, got, tt.code)
+		}
+	}
+}
+
+func TestInvalidPlanIsExit2(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "plan.yaml")
+	if err := os.WriteFile(path, []byte("apiVersion: mtls-migrate.io/v1alpha1\nkind: MigrationPlan\nmetadatta: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadPlan(path); cli.Code(err) != cli.ExitUsage {
+		t.Fatalf("exit %d: %v", cli.Code(err), err)
+	}
+	if _, _, err := loadPlan(filepath.Join(dir, "missing.yaml")); cli.Code(err) != cli.ExitUsage {
+		t.Fatalf("exit %d: %v", cli.Code(err), err)
+	}
+}
+
+func TestRollbackFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"--plan", "p.yaml", "--all"}, 0},
+		{[]string{"--plan", "p.yaml", "--stage", "2"}, 0},
+		{[]string{"--plan", "p.yaml", "--stage", "2", "--all"}, cli.ExitUsage},
+		{[]string{"--plan", "p.yaml", "--all", "-o", "xml"}, cli.ExitUsage},
+	} {
+		f := &factory{streams: genericiooptions.IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}}
+		cmd := newRollbackCmd(f, func(*rollbackOptions) error { return nil })
+		cmd.SetArgs(tt.args)
+		cmd.SetOut(&bytes.Buffer{})
+		cmd.SetErr(&bytes.Buffer{})
+		if err := cmd.Execute(); cli.Code(err) != tt.code {
+			t.Errorf("%v: exit %d (%v)", tt.args, cli.Code(err), err)
+		}
+	}
+}
