@@ -1,0 +1,239 @@
+package planner
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
+	"github.com/mtls-migrate/mtls-migrate/internal/mtlsmode"
+	"github.com/mtls-migrate/mtls-migrate/plans"
+)
+
+func mtlsModeWorkload(ns string, w *workload) mtlsmode.Workload {
+	return mtlsmode.Workload{Namespace: ns, Labels: w.pods[0].Labels, Ports: w.ports}
+}
+
+// gatewayRoute is a host an ingress gateway routes to a namespace, with the
+// gateway pod's address for curl-style --resolve.
+type gatewayRoute struct {
+	host   string
+	podIP  string
+	port   int32
+	source string
+}
+
+// httpish reports whether a Service port speaks HTTP (Istio's protocol from
+// the port name prefix or appProtocol), so a plaintext HTTP request gets an
+// HTTP answer under PERMISSIVE (the executor pre-checks that).
+// https://istio.io/latest/docs/ops/configuration/traffic-management/protocol-selection/
+func httpish(sp inventory.ServicePort) bool {
+	proto := strings.ToLower(sp.AppProtocol)
+	if proto == "" {
+		proto, _, _ = strings.Cut(strings.ToLower(sp.Name), "-")
+	}
+	switch proto {
+	case "http", "http2", "grpc", "grpc-web", "kubernetes.io/h2c":
+		return true
+	}
+	return false
+}
+
+// targetPort resolves a Service port's target on a pod (a named target is
+// looked up in the pod's container ports).
+func targetPort(sp inventory.ServicePort, p *inventory.Pod) int32 {
+	if sp.TargetPort.Type == intstr.Int {
+		return sp.TargetPort.IntVal
+	}
+	for _, cp := range p.Ports {
+		if cp.Name == sp.TargetPort.StrVal {
+			return cp.Port
+		}
+	}
+	return 0
+}
+
+// probes derives a stage's probes: for each HTTP port of each Service, a
+// plaintext request from the tool's own process (no sidecar) straight to a
+// running meshed pod, which STRICT must refuse; and requests through the
+// ingress gateway for the hosts it routes here, which must keep working.
+// Pod IPs go stale: the executor checks each probe before the change.
+func (e *env) probes(ns string) (plaintext, gateway []plans.Probe) {
+	for _, s := range e.ix.ServicesByNS[ns] {
+		var pod *inventory.Pod
+		for _, p := range e.ix.PodsByNS[ns] {
+			if p.Running && p.Sidecar && p.IP != "" && inventory.Selects(s.Selector, p.Labels) && (pod == nil || p.Name < pod.Name) {
+				pod = p
+			}
+		}
+		if pod == nil {
+			continue
+		}
+		for _, sp := range s.Ports {
+			if !httpish(sp) || (sp.Protocol != "" && sp.Protocol != "TCP") {
+				continue
+			}
+			tp := targetPort(sp, pod)
+			if tp == 0 || pod.Excluded(tp) {
+				continue
+			}
+			plaintext = append(plaintext, plans.Probe{
+				Name: fmt.Sprintf("plaintext-%s-%d", s.Name, sp.Port), Kind: plans.ProbeHTTP,
+				URL:    "http://" + net.JoinHostPort(pod.IP, strconv.Itoa(int(tp))) + "/",
+				Expect: plans.Expect{Refused: true},
+			})
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range e.routes[ns] {
+		name := "gateway-" + r.host
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		port := strconv.Itoa(int(r.port))
+		gateway = append(gateway, plans.Probe{
+			Name: name, Kind: plans.ProbeHTTP,
+			URL:     "http://" + net.JoinHostPort(r.host, port) + "/",
+			Resolve: r.host + ":" + port + ":" + r.podIP,
+			Expect:  plans.Expect{Status: 200},
+		})
+	}
+	sort.Slice(plaintext, func(i, j int) bool { return plaintext[i].Name < plaintext[j].Name })
+	sort.Slice(gateway, func(i, j int) bool { return gateway[i].Name < gateway[j].Name })
+	return plaintext, gateway
+}
+
+// stageProbes caps the probes: gateway ones first (they prove the
+// namespace still serves), then plaintext ones.
+func (e *env) stageProbes(np *nsPlan, strict bool) []plans.Probe {
+	out := append([]plans.Probe(nil), np.gwProbes...)
+	if strict {
+		out = append(out, np.probes...)
+	}
+	if len(out) > e.opts.MaxProbes {
+		out = out[:e.opts.MaxProbes]
+	}
+	return out
+}
+
+// indexGatewayRoutes finds, for each namespace, the hosts an Istio gateway
+// routes to one of its Services: a VirtualService bound to a Gateway whose
+// route destination is a Service of the namespace. The gateway pods are
+// those the Gateway's selector picks (istio=ingressgateway in the root
+// namespace for the default install).
+func (e *env) indexGatewayRoutes() {
+	e.routes = map[string][]gatewayRoute{}
+	gws := map[string]*inventory.Gateway{}
+	for i := range e.inv.Gateways {
+		g := &e.inv.Gateways[i]
+		gws[g.Namespace+"/"+g.Name] = g
+	}
+	if len(gws) == 0 {
+		return
+	}
+	type gwAt struct {
+		pod  *inventory.Pod
+		port int32
+	}
+	memo := map[*inventory.Gateway]gwAt{}
+	for _, vs := range e.inv.VirtualServices {
+		for _, gname := range vs.Gateways {
+			if gname == "mesh" {
+				continue
+			}
+			if !strings.Contains(gname, "/") {
+				gname = vs.Namespace + "/" + gname
+			}
+			g := gws[gname]
+			if g == nil {
+				continue
+			}
+			at, ok := memo[g]
+			if !ok {
+				at.pod, at.port = e.gatewayPod(g)
+				memo[g] = at
+			}
+			pod, port := at.pod, at.port
+			if pod == nil {
+				continue
+			}
+			for _, d := range vs.Destinations {
+				svc, ns, ok := hostNamespace(d, vs.Namespace)
+				if !ok || svc == "*" || !e.services[svc+"."+ns] {
+					continue
+				}
+				for _, h := range vs.Hosts {
+					if strings.Contains(h, "*") || !hostServed(g, h) {
+						continue
+					}
+					e.routes[ns] = append(e.routes[ns], gatewayRoute{host: h, podIP: pod.IP, port: port, source: vs.Namespace + "/" + vs.Name})
+				}
+			}
+		}
+	}
+}
+
+func hostServed(g *inventory.Gateway, host string) bool {
+	for _, s := range g.Servers {
+		for _, h := range s.Hosts {
+			if _, hh, ok := strings.Cut(h, "/"); ok {
+				h = hh
+			}
+			if h == "*" || h == host || (strings.HasPrefix(h, "*.") && strings.HasSuffix(host, h[1:])) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// gatewayPod picks the first running gateway pod the Gateway selects and
+// the container port its first HTTP server listens on: the gateway
+// Service's targetPort for the server port, else a container port named
+// http*.
+func (e *env) gatewayPod(g *inventory.Gateway) (*inventory.Pod, int32) {
+	var pod *inventory.Pod
+	for i := range e.inv.Pods {
+		p := &e.inv.Pods[i]
+		if p.Gateway && p.Running && p.IP != "" && inventory.Selects(g.Selector, p.Labels) &&
+			(pod == nil || p.Namespace+"/"+p.Name < pod.Namespace+"/"+pod.Name) {
+			pod = p
+		}
+	}
+	if pod == nil {
+		return nil, 0
+	}
+	for _, s := range g.Servers {
+		if proto := strings.ToUpper(s.Protocol); proto != "HTTP" && proto != "HTTP2" && proto != "" {
+			continue
+		}
+		for _, svc := range e.ix.ServicesByNS[pod.Namespace] {
+			if !inventory.Selects(svc.Selector, pod.Labels) {
+				continue
+			}
+			for _, sp := range svc.Ports {
+				if uint32(sp.Port) == s.Port {
+					if tp := targetPort(sp, pod); tp > 0 {
+						return pod, tp
+					}
+				}
+			}
+		}
+		for _, cp := range pod.Ports {
+			if cp.Port == int32(s.Port) {
+				return pod, cp.Port
+			}
+		}
+	}
+	for _, cp := range pod.Ports {
+		if strings.HasPrefix(cp.Name, "http") && cp.Port != 15090 && cp.Port != 15021 && cp.Port != 15020 {
+			return pod, cp.Port
+		}
+	}
+	return nil, 0
+}
