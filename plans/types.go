@@ -34,6 +34,9 @@ type Metadata struct {
 	// ConfigDigest is a digest of every PeerAuthentication and DestinationRule
 	// the planner saw (see Stage.PolicyDigest for the per-namespace one).
 	ConfigDigest string `yaml:"configDigest,omitempty" json:"configDigest,omitempty"`
+	// Warnings say what the evidence may lack: Prometheus warnings or
+	// partial answers, objects the planner could not read.
+	Warnings []string `yaml:"warnings,omitempty" json:"warnings,omitempty"`
 }
 
 // Scope says what a stage's policy covers.
