@@ -166,6 +166,7 @@ func (e *env) metadata(now time.Time) plans.Metadata {
 		RootNamespace: e.inv.RootNamespace, IstioVersion: e.tel.IstioVersion,
 		AutoMTLS: e.inv.AutoMTLS, Queries: e.tel.Queries,
 		ConfigDigest: inventory.ConfigDigest(e.inv),
+		Warnings:     Warnings(e.inv, e.tel),
 	}
 	return md
 }
