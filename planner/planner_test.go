@@ -1,0 +1,237 @@
+package planner
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	apisecurity "istio.io/api/security/v1beta1"
+
+	"github.com/mtls-migrate/mtls-migrate/plans"
+)
+
+// boutique is Online Boutique, one namespace per service, as in the sandbox.
+func boutique() *world {
+	w := newWorld()
+	type svc struct {
+		ns, name string
+		port     int32
+		target   int32
+		proto    string
+	}
+	svcs := []svc{
+		{"frontend", "frontend", 80, 8080, "http"}, {"ad", "adservice", 9555, 9555, "grpc"}, {"cart", "cartservice", 7070, 7070, "grpc"},
+		{"checkout", "checkoutservice", 5050, 5050, "grpc"}, {"currency", "currencyservice", 7000, 7000, "grpc"},
+		{"email", "emailservice", 5000, 8080, "grpc"}, {"payment", "paymentservice", 50051, 50051, "grpc"},
+		{"product-catalog", "productcatalogservice", 3550, 3550, "grpc"}, {"recommendation", "recommendationservice", 8080, 8080, "grpc"},
+		{"shipping", "shippingservice", 50051, 50051, "grpc"},
+	}
+	for _, s := range svcs {
+		w.ns(s.ns, true).workload(s.ns, s.name, true, []int32{s.target}).service(s.ns, s.name, "", s.port, s.target, s.proto)
+	}
+	w.workload("cart", "redis-cart", true, []int32{6379}).service("cart", "redis-cart", "", 6379, 6379, "tcp-redis")
+	w.ns("loadgenerator", true).workload("loadgenerator", "loadgenerator", true, nil)
+	w.ns("default", false).workload("default", "testcurl", false, nil)
+	w.selectorService("frontend", "frontend-external", "frontend", "LoadBalancer", 80, 8080)
+	w.gateway("boutique.example.com", "frontend", "frontend", 80)
+	m := "mutual_tls"
+	w.flow("loadgenerator", "loadgenerator", "frontend", "frontend", m, 5)
+	for _, d := range []struct{ ns, wl string }{{"ad", "adservice"}, {"cart", "cartservice"}, {"checkout", "checkoutservice"}, {"currency", "currencyservice"}, {"product-catalog", "productcatalogservice"}, {"recommendation", "recommendationservice"}, {"shipping", "shippingservice"}} {
+		w.flow("frontend", "frontend", d.ns, d.wl, m, 2)
+	}
+	for _, d := range []struct{ ns, wl string }{{"cart", "cartservice"}, {"currency", "currencyservice"}, {"email", "emailservice"}, {"payment", "paymentservice"}, {"product-catalog", "productcatalogservice"}, {"shipping", "shippingservice"}} {
+		w.flow("checkout", "checkoutservice", d.ns, d.wl, m, 2)
+	}
+	w.flow("recommendation", "recommendationservice", "product-catalog", "productcatalogservice", m, 3)
+	w.flow("cart", "cartservice", "cart", "redis-cart", m, 3)
+	w.flow("istio-system", "istio-ingressgateway", "frontend", "frontend", m, 2)
+	w.flow("unknown", "unknown", "frontend", "frontend", "none", 2)
+	return w
+}
+
+func TestPlanOnlineBoutique(t *testing.T) {
+	p := boutique().mustBuild(t)
+	var ready []string
+	for _, s := range p.Stages {
+		if s.Status == plans.StatusReady {
+			ready = append(ready, s.Namespace)
+		}
+	}
+	if len(ready) != 10 {
+		t.Errorf("ready namespaces = %v, want the 10 other than frontend", ready)
+	}
+	fe := stageOf(p, "frontend")
+	if fe == nil || fe.Status != plans.StatusBlocked || hasRisk(fe, CodeExternalService) == nil || hasRisk(fe, CodePlaintextObserved) == nil {
+		t.Fatalf("frontend stage = %+v, want blocked by EXTERNAL_SERVICE and PLAINTEXT_OBSERVED", fe)
+	}
+	last := p.Stages[len(p.Stages)-1]
+	if last.Scope != plans.ScopeMesh || last.Namespace != "istio-system" || last.Status != plans.StatusBlocked {
+		t.Errorf("last stage = %s %s %s, want the blocked mesh stage", last.Namespace, last.Scope, last.Status)
+	}
+	if p.Stages[len(p.Stages)-2].Namespace != "frontend" {
+		t.Errorf("frontend (blocked) should come right before the mesh stage")
+	}
+	var gw, plain bool
+	for _, pr := range fe.Probes {
+		if pr.Name == "gateway-boutique.example.com" && pr.Resolve == "boutique.example.com:8080:10.0.9.1" && pr.URL == "http://boutique.example.com:8080/" && pr.Expect.Status == 200 {
+			gw = true
+		}
+		if pr.Name == "plaintext-frontend-80" && strings.HasSuffix(pr.URL, ":8080/") && pr.Expect.Refused {
+			plain = true
+		}
+	}
+	if !gw || !plain {
+		t.Errorf("frontend probes = %+v, want a gateway probe and a plaintext probe", fe.Probes)
+	}
+	if cart := stageOf(p, "cart"); len(cart.Probes) != 1 {
+		t.Errorf("cart probes = %+v, want only the grpc port (redis is not HTTP)", cart.Probes)
+	}
+	if lg := stageOf(p, "loadgenerator"); lg.Status != plans.StatusReady || !lg.Evidence.HasTelemetry {
+		t.Errorf("loadgenerator (a client only) = %s telemetry=%v, want ready with telemetry from its source reports", lg.Status, lg.Evidence.HasTelemetry)
+	}
+	if p.Metadata.IstioVersion != "1.26.2" || p.Metadata.RootNamespace != "istio-system" || p.Metadata.AutoMTLS == nil || !*p.Metadata.AutoMTLS || p.Metadata.ConfigDigest == "" {
+		t.Errorf("metadata = %+v", p.Metadata)
+	}
+	if stageOf(p, "default") != nil {
+		t.Errorf("default (no sidecars, no injection) must not get a stage")
+	}
+}
+
+func TestPlanOrdersReadyLeastUsedFirst(t *testing.T) {
+	p := boutique().mustBuild(t)
+	// loadgenerator has no inbound traffic; ad, checkout, email, payment
+	// 2/s from one namespace each (ties by name); product-catalog the most.
+	if p.Stages[0].Namespace != "loadgenerator" {
+		t.Errorf("first stage = %s, want loadgenerator (no inbound traffic)", p.Stages[0].Namespace)
+	}
+	if p.Stages[1].Namespace != "ad" || p.Stages[2].Namespace != "checkout" {
+		t.Errorf("stages 2-3 = %s, %s; want ad, checkout (least traffic, ties by name)", p.Stages[1].Namespace, p.Stages[2].Namespace)
+	}
+	var prev float64
+	for _, s := range p.Stages {
+		if s.Status != plans.StatusReady {
+			break
+		}
+		rate := s.Evidence.MTLSRequestRate + s.Evidence.PlaintextRequestRate
+		if rate < prev {
+			t.Errorf("stage %d (%s) has less traffic (%g) than the one before (%g)", s.Number, s.Namespace, rate, prev)
+		}
+		prev = rate
+		if !strings.Contains(s.Rationale, "ready") {
+			t.Errorf("stage %d rationale %q does not say why", s.Number, s.Rationale)
+		}
+	}
+}
+
+func TestPlanIsDeterministic(t *testing.T) {
+	a := saved(t, boutique().mustBuild(t))
+	for i := 0; i < 3; i++ {
+		if b := saved(t, boutique().mustBuild(t)); !bytes.Equal(a, b) {
+			t.Fatalf("two builds from the same inputs differ:\n%s\n---\n%s", a, b)
+		}
+	}
+	if _, err := plans.Load("plan.yaml", a); err != nil {
+		t.Fatalf("the saved plan does not load back: %v", err)
+	}
+}
+
+func TestPlanIssuesAtMostSixQueries(t *testing.T) {
+	for _, n := range []int{1, 30} {
+		w := newWorld()
+		for i := 0; i < n; i++ {
+			ns := "ns" + itoa(i)
+			w.ns(ns, true).workload(ns, "app", true, []int32{8080}).service(ns, "app", "", 80, 8080, "http").flow("x", "x", ns, "app", "mutual_tls", 1)
+		}
+		w.mustBuild(t)
+		if calls := w.prom.Calls(); len(calls) > 6 {
+			t.Errorf("%d namespaces: %d queries, want at most 6", n, len(calls))
+		}
+	}
+}
+
+func TestPlanSurfacesPrometheusWarnings(t *testing.T) {
+	w := boutique()
+	pw, err := buildWith(t, w, func(f *fakeOpts) { f.warnings = []string{"partial response: store 10.0.0.1 unavailable"} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, m := range pw.Metadata.Warnings {
+		if strings.Contains(m, "partial response") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("metadata.warnings = %v, want the Prometheus warning", pw.Metadata.Warnings)
+	}
+	for _, s := range pw.Stages {
+		if s.Status == plans.StatusReady {
+			t.Errorf("stage %s is ready although Prometheus' answer was partial", s.Namespace)
+		}
+	}
+}
+
+func TestPlanUnreachablePrometheus(t *testing.T) {
+	w := boutique()
+	w.opts.PrometheusURL = "http://prometheus.example:9090"
+	_, err := buildWith(t, w, func(f *fakeOpts) { f.err = errors.New("dial tcp: connection refused") })
+	if err == nil || !strings.Contains(err.Error(), "http://prometheus.example:9090") || !strings.Contains(err.Error(), "--prometheus-url") {
+		t.Fatalf("err = %v, want one naming the URL and what to check", err)
+	}
+}
+
+func TestPlanUnknownNamespace(t *testing.T) {
+	w := boutique()
+	w.opts.Namespaces = []string{"cart", "nope"}
+	_, err := w.build(t)
+	var nf *NamespaceNotFoundError
+	if !errors.As(err, &nf) || len(nf.Names) != 1 || nf.Names[0] != "nope" {
+		t.Fatalf("err = %v, want NamespaceNotFoundError for nope", err)
+	}
+}
+
+func TestPlanMissingMeshConfigDefaultsRoot(t *testing.T) {
+	w := boutique()
+	w.kube = w.kube[1:] // drop the istio ConfigMap
+	p := w.mustBuild(t)
+	if p.Metadata.RootNamespace != "istio-system" || len(p.Metadata.Warnings) == 0 || p.Metadata.AutoMTLS != nil {
+		t.Errorf("metadata = %+v, want the default root namespace, a warning and unknown autoMTLS", p.Metadata)
+	}
+}
+
+func TestPlanDisableNamespaceGoesPermissiveFirst(t *testing.T) {
+	w := newWorld()
+	w.ns("legacy", true).workload("legacy", "app", true, []int32{8080}).service("legacy", "app", "", 80, 8080, "http").
+		peerAuth("legacy", "off", testNow.Add(-time.Hour), nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil).
+		flow("web", "web", "legacy", "app", "none", 1)
+	p := w.mustBuild(t)
+	if p.Stages[0].TargetMode != plans.ModePermissive || p.Stages[0].CurrentMode != plans.ModeDisable || p.Stages[0].Status != plans.StatusReady {
+		t.Fatalf("stage 1 = %+v, want legacy DISABLE -> PERMISSIVE, ready", p.Stages[0])
+	}
+	st := stageOf(p, "legacy")
+	if st == nil || st.Number <= 1 || st.Status == plans.StatusReady || hasRisk(st, CodeCurrentModeDisable) == nil {
+		t.Fatalf("STRICT stage = %+v, want a later, non-ready stage with CURRENT_MODE_DISABLE", st)
+	}
+	if r := hasRisk(st, CodeMeshedClientPlaintext); r == nil || r.Severity != plans.SeverityReview {
+		t.Errorf("meshed plaintext under DISABLE should be review, got %+v", r)
+	}
+	for _, pr := range p.Stages[0].Probes {
+		if pr.Expect.Refused {
+			t.Errorf("a PERMISSIVE stage must not expect refusals: %+v", pr)
+		}
+	}
+}
+
+type fakeOpts struct {
+	warnings []string
+	err      error
+}
+
+func buildWith(t *testing.T, w *world, f func(*fakeOpts)) (*plans.Plan, error) {
+	var o fakeOpts
+	f(&o)
+	w.fake = o
+	return w.build(t)
+}
