@@ -2,13 +2,13 @@ package planner
 
 import (
 	"bytes"
-	"strconv"
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
-	apisecurity "istio.io/api/security/v1beta1"
 	apinet "istio.io/api/networking/v1alpha3"
+	apisecurity "istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -101,7 +101,9 @@ func (w *world) workload(ns, app string, sidecar bool, ports []int32, opts ...po
 	return w
 }
 
-func itoa(i int) string { return string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10)) }
+func itoa(i int) string {
+	return string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10))
+}
 
 func (w *world) service(ns, name, typ string, port, target int32, portName string) *world {
 	w.kube = append(w.kube, &corev1.Service{
