@@ -91,6 +91,9 @@ type Resolver struct {
 	root string
 	// byNS holds each namespace's policies oldest first.
 	byNS map[string][]*Policy
+	// overrideNS's policies are override instead of byNS's (what-if).
+	overrideNS string
+	override   []*Policy
 }
 
 // NewResolver indexes policies. rootNamespace is meshConfig.rootNamespace.
@@ -121,12 +124,17 @@ func sortOldestFirst(ps []*Policy) {
 }
 
 // Policies returns the namespace's policies, oldest first.
-func (r *Resolver) Policies(namespace string) []*Policy { return r.byNS[namespace] }
+func (r *Resolver) Policies(namespace string) []*Policy {
+	if r.override != nil && namespace == r.overrideNS {
+		return r.override
+	}
+	return r.byNS[namespace]
+}
 
 // NamespacePolicy returns the namespace-wide policy Istio uses in the
 // namespace (the oldest), or nil.
 func (r *Resolver) NamespacePolicy(namespace string) *Policy {
-	for _, p := range r.byNS[namespace] {
+	for _, p := range r.Policies(namespace) {
 		if p.NamespaceWide() {
 			return p
 		}
@@ -139,7 +147,7 @@ func (r *Resolver) workloadPolicy(w Workload) *Policy {
 		// Selector policies in the root namespace are ignored.
 		return nil
 	}
-	for _, p := range r.byNS[w.Namespace] {
+	for _, p := range r.Policies(w.Namespace) {
 		if !p.NamespaceWide() && selects(p.Selector, w.Labels) {
 			return p
 		}
@@ -215,15 +223,15 @@ func set(m plans.Mode) bool { return m != "" && m != plans.ModeUnset }
 // namespace has the given mode: the namespace policy Istio uses today is
 // changed in place (the planner updates the existing one, never adds a
 // second), or a new "default" policy is added. For namespace == root
-// namespace this is the mesh-wide policy. The receiver is not modified.
+// namespace this is the mesh-wide policy. The receiver is not modified, and
+// the result shares its index (cheap to make per namespace). What-ifs do not
+// stack: the result of WithNamespaceMode on a what-if resolver for another
+// namespace keeps only the newer change.
 func (r *Resolver) WithNamespaceMode(namespace string, mode plans.Mode) *Resolver {
-	out := &Resolver{root: r.root, byNS: make(map[string][]*Policy, len(r.byNS))}
-	for ns, ps := range r.byNS {
-		out.byNS[ns] = ps
-	}
+	out := &Resolver{root: r.root, byNS: r.byNS, overrideNS: namespace}
 	cur := r.NamespacePolicy(namespace)
-	ps := make([]*Policy, 0, len(r.byNS[namespace])+1)
-	for _, p := range r.byNS[namespace] {
+	ps := make([]*Policy, 0, len(r.Policies(namespace))+1)
+	for _, p := range r.Policies(namespace) {
 		if p == cur {
 			c := *p
 			c.Mode = mode
@@ -235,7 +243,7 @@ func (r *Resolver) WithNamespaceMode(namespace string, mode plans.Mode) *Resolve
 		// A new policy is the youngest of its namespace.
 		ps = append(ps, &Policy{Namespace: namespace, Name: "default", Mode: mode, CreationTimestamp: time.Unix(1<<40, 0)})
 	}
-	out.byNS[namespace] = ps
+	out.override = ps
 	return out
 }
 
