@@ -22,8 +22,16 @@ func ParseDuration(s string) (Duration, error) {
 	return Duration(d), nil
 }
 
-// String formats the duration in Prometheus' syntax.
-func (d Duration) String() string { return model.Duration(d).String() }
+// String formats the duration in Prometheus' syntax, in whole days when it
+// is a whole number of days ("7d", not Prometheus' "1w"), as people write
+// telemetry windows.
+func (d Duration) String() string {
+	const day = 24 * time.Hour
+	if td := time.Duration(d); td > 0 && td%day == 0 {
+		return fmt.Sprintf("%dd", td/day)
+	}
+	return model.Duration(d).String()
+}
 
 // Std returns the time.Duration.
 func (d Duration) Std() time.Duration { return time.Duration(d) }

@@ -92,11 +92,12 @@ func Load(source string, data []byte) (*Plan, error) {
 		return nil, invalid(Problem{Line: root.Content[0].Line, Message: "a plan must be a YAML mapping with apiVersion, kind, metadata and stages"})
 	}
 
+	lines := fieldLines(root.Content[0])
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var p Plan
 	if err := dec.Decode(&p); err != nil {
-		return nil, invalid(yamlProblems(err)...)
+		return nil, invalid(nameFields(yamlProblems(err), lines)...)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -105,7 +106,6 @@ func Load(source string, data []byte) (*Plan, error) {
 	}
 
 	if problems := Validate(&p); len(problems) > 0 {
-		lines := fieldLines(root.Content[0])
 		for i := range problems {
 			problems[i].Line = lineFor(lines, problems[i].Field)
 		}
@@ -139,6 +139,24 @@ func yamlProblems(err error) []Problem {
 	return out
 }
 
+// nameFields adds the field path to problems yaml.v3 reported by line only
+// (type errors such as a word where a number belongs).
+func nameFields(ps []Problem, lines map[string]int) []Problem {
+	byLine := map[int]string{}
+	for path, l := range lines {
+		// Prefer the deepest path on a line: "a.b" over "a".
+		if cur, ok := byLine[l]; !ok || len(path) > len(cur) || (len(path) == len(cur) && path < cur) {
+			byLine[l] = path
+		}
+	}
+	for i := range ps {
+		if ps[i].Field == "" && ps[i].Line > 0 && !strings.HasPrefix(ps[i].Message, "unknown field") {
+			ps[i].Field = byLine[ps[i].Line]
+		}
+	}
+	return ps
+}
+
 var notFound = regexp.MustCompile(`^field (\S+) not found in type plans\.(\w+)$`)
 
 func friendlyYAML(m string) string {
@@ -154,9 +172,8 @@ func fieldLines(n *yaml.Node) map[string]int {
 	lines := map[string]int{}
 	var walk func(path string, n *yaml.Node)
 	walk = func(path string, n *yaml.Node) {
-		if n.Kind == yaml.AliasNode && n.Alias != nil {
-			n = n.Alias
-		}
+		// Aliases are not followed: they may be recursive, and the line
+		// of the alias itself is where a reader would look.
 		lines[path] = n.Line
 		switch n.Kind {
 		case yaml.MappingNode:

@@ -1,0 +1,175 @@
+package plans
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+func loadValid(t *testing.T) []byte {
+	t.Helper()
+	b, err := os.ReadFile("testdata/valid.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestLoadRoundTripIsByteIdentical(t *testing.T) {
+	data := loadValid(t)
+	p, err := Load("valid.yaml", data)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	out, err := Marshal(p)
+	if err != nil {
+		t.Fatalf("Marshal: %v", err)
+	}
+	if !bytes.Equal(out, data) {
+		t.Fatalf("round trip changed the document:\n--- got\n%s\n--- want\n%s", out, data)
+	}
+	p2, err := Load("again", out)
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	d1, _ := Digest(p)
+	d2, _ := Digest(p2)
+	if d1 != d2 {
+		t.Fatalf("digest changed across a round trip: %s != %s", d1, d2)
+	}
+}
+
+func TestSaveFileThenLoadFile(t *testing.T) {
+	p, err := Load("valid.yaml", loadValid(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/plan.yaml"
+	if err := SaveFile(path, p); err != nil {
+		t.Fatal(err)
+	}
+	q, err := LoadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := Marshal(p)
+	b, _ := Marshal(q)
+	if !bytes.Equal(a, b) {
+		t.Fatal("saved plan loads back different")
+	}
+}
+
+// TestLoadRejects covers each validation rule: the message must name the
+// field and the line, so a reviewer can find the typo.
+func TestLoadRejects(t *testing.T) {
+	tests := []struct {
+		name     string
+		old, new string // textual edit of testdata/valid.yaml
+		wantLine int
+		want     string
+	}{
+		{"misspelled field", "    targetMode: STRICT\n    policyDigest", "    targetMod: STRICT\n    policyDigest", 21, `unknown field "targetMod"`},
+		{"misspelled nested field", "        expect:\n          refused: true\n      - name: gateway", "        expect:\n          refsed: true\n      - name: gateway", 63, `unknown field "refsed"`},
+		{"invalid namespace", "    namespace: cart\n    status: ready", "    namespace: Cart_NS\n    status: ready", 17, "stages[0].namespace"},
+		{"stage numbers out of order", "  - number: 2", "  - number: 3", 86, "expected 2, got 3"},
+		{"bad url", "url: http://127.1.0.5:7070/", "url: ftp//nope", 61, "stages[0].probes[0].url"},
+		{"bad resolve", "resolve: boutique.example.com:8080:127.1.0.2", "resolve: boutique.example.com:http:127.1.0.2", 67, "stages[0].probes[1].resolve"},
+		{"negative soak", "    soak: 5m", "    soak: -5m", 0, "invalid duration"},
+		{"zero soak", "    soak: 5m", "    soak: 0s", 85, "stages[0].soak"},
+		{"threshold not a number", "threshold: 0.01", "threshold: one-percent", 81, "stages[0].gates[0].threshold: cannot unmarshal"},
+		{"threshold NaN", "threshold: 0.01", "threshold: .nan", 81, "stages[0].gates[0].threshold: must be a finite number"},
+		{"bad comparison", "comparison: '>='", "comparison: '=>'", 80, "stages[0].gates[0].comparison"},
+		{"bad status", "    status: ready", "    status: go", 18, "stages[0].status"},
+		{"mode mismatch", "          mode: STRICT\n    probes", "          mode: PERMISSIVE\n    probes", 57, "stages[0].policy.spec.mtls.mode"},
+		{"wrong api version", "apiVersion: mtls-migrate.io/v1alpha1", "apiVersion: mtls-migrate.io/v9", 1, "apiVersion"},
+		{"expect both", "          refused: true\n      - name: gateway", "          refused: true\n          status: 200\n      - name: gateway", 63, "expect either status or refused"},
+		{"exec without pod", "        pod: default/testcurl\n", "", 70, "stages[0].probes[2].pod"},
+		{"mesh stage not last", "    scope: mesh", "    scope: cluster", 88, "must be namespace or mesh"},
+		{"DISABLE straight to STRICT", "    currentMode: PERMISSIVE", "    currentMode: DISABLE", 21, "PERMISSIVE in its own stage first"},
+		{"not yaml", "kind: MigrationPlan", "kind: [MigrationPlan", 0, "did not find expected"},
+	}
+	base := string(loadValid(t))
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(base, tc.old) {
+				t.Fatalf("test edit %q not found in testdata/valid.yaml", tc.old)
+			}
+			doc := strings.Replace(base, tc.old, tc.new, 1)
+			_, err := Load("p.yaml", []byte(doc))
+			if err == nil {
+				t.Fatal("Load accepted an invalid plan")
+			}
+			var inv *InvalidError
+			if !errors.As(err, &inv) {
+				t.Fatalf("error is %T, want *InvalidError: %v", err, err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not mention %q", err, tc.want)
+			}
+			if tc.wantLine > 0 {
+				found := false
+				for _, p := range inv.Problems {
+					if p.Line == tc.wantLine {
+						found = true
+					}
+				}
+				if !found {
+					t.Fatalf("no problem on line %d: %v", tc.wantLine, err)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadRejectsEmptyAndMultiDocument(t *testing.T) {
+	for name, doc := range map[string]string{
+		"empty":          "",
+		"scalar":         "just text",
+		"two documents":  string(loadValid(t)) + "---\nkind: Other\n",
+		"no stages":      "apiVersion: mtls-migrate.io/v1alpha1\nkind: MigrationPlan\nmetadata: {name: x, generatedAt: 2026-01-01T00:00:00Z, window: 1d, rootNamespace: istio-system}\nstages: []\n",
+		"list of stages": "- number: 1\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Load("p.yaml", []byte(doc)); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+func TestDurationFormats(t *testing.T) {
+	for in, want := range map[string]string{"7d": "7d", "168h": "7d", "36h": "1d12h", "90s": "1m30s", "10m": "10m"} {
+		d, err := ParseDuration(in)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if d.String() != want {
+			t.Errorf("ParseDuration(%q).String() = %q, want %q", in, d.String(), want)
+		}
+	}
+	if _, err := ParseDuration("soon"); err == nil {
+		t.Fatal("accepted a non-duration")
+	}
+}
+
+func TestStageLookup(t *testing.T) {
+	p, err := Load("valid.yaml", loadValid(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := p.Stage(2); err != nil || s.Namespace != "istio-system" {
+		t.Fatalf("Stage(2) = %v, %v", s, err)
+	}
+	if _, err := p.Stage(3); err == nil || !strings.Contains(err.Error(), "1..2") {
+		t.Fatalf("Stage(3) error = %v", err)
+	}
+}
+
+func TestParseResolve(t *testing.T) {
+	h, port, addr, err := ParseResolve("example.com:443:[::1]")
+	if err != nil || h != "example.com" || port != "443" || addr != "::1" {
+		t.Fatalf("got %q %q %q %v", h, port, addr, err)
+	}
+}
