@@ -16,6 +16,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
@@ -23,9 +24,9 @@ import (
 )
 
 // policyDigest is the planner's digest of a namespace's PeerAuthentications
-// (the plan's stages[].policyDigest). It is wired to the inventory package
-// once that lands; until then apply says it cannot check for changes.
-var policyDigest executor.PolicyDigest
+// (the plan's stages[].policyDigest): apply recomputes it to refuse a plan
+// whose policies changed since it was made.
+var policyDigest executor.PolicyDigest = inventory.PolicyDigest
 
 // applyOptions are the inputs of `mtls-migrate apply`.
 type applyOptions struct {
