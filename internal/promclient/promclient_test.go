@@ -1,0 +1,116 @@
+package promclient
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestParseHeaders(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      []string
+		want    map[string]string
+		wantErr string
+	}{
+		{"tenant", []string{"X-Scope-OrgID=team-a"}, map[string]string{"X-Scope-Orgid": "team-a"}, ""},
+		{"value with equals", []string{"X-A=b=c"}, map[string]string{"X-A": "b=c"}, ""},
+		{"no equals", []string{"X-Scope-OrgID"}, nil, "KEY=VALUE"},
+		{"empty key", []string{"=v"}, nil, "KEY=VALUE"},
+		{"authorization refused", []string{"Authorization=Bearer s3cret"}, nil, "--prometheus-bearer-token-file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseHeaders(tc.in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "s3cret") {
+					t.Fatal("the error repeats the secret")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.want {
+				if got[k] != v {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestValidateRejectsBadURLs(t *testing.T) {
+	for _, u := range []string{"", "prometheus:9090", "ftp://p", "http://"} {
+		if err := (Options{URL: u, Timeout: time.Second}).Validate(); err == nil {
+			t.Errorf("URL %q accepted", u)
+		}
+	}
+	if err := (Options{URL: "http://p:9090", Timeout: 0}).Validate(); err == nil {
+		t.Error("zero timeout accepted")
+	}
+}
+
+// TestClientSendsTokenAndHeadersAndNeverPrintsToken checks the transport
+// against a real HTTP server: the bearer token from the file and the tenant
+// header arrive, and an error message does not contain the token.
+func TestClientSendsTokenAndHeadersAndNeverPrintsToken(t *testing.T) {
+	var mu sync.Mutex
+	var gotAuth, gotTenant string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		gotAuth, gotTenant = r.Header.Get("Authorization"), r.Header.Get("X-Scope-OrgID")
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"error","errorType":"bad_data","error":"boom"}`))
+	}))
+	defer srv.Close()
+
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := Options{URL: srv.URL, BearerTokenFile: tokenFile, Timeout: 5 * time.Second, Headers: map[string]string{"X-Scope-OrgID": "tenant-1"}}
+	api, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Ping(context.Background(), api, o)
+	if err == nil {
+		t.Fatal("Ping succeeded against a server answering errors")
+	}
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("error leaks the token: %v", err)
+	}
+	if !strings.Contains(err.Error(), "--prometheus-url") {
+		t.Fatalf("error does not say what to check: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if gotAuth != "Bearer s3cret-token" {
+		t.Fatalf("Authorization = %q", gotAuth)
+	}
+	if gotTenant != "tenant-1" {
+		t.Fatalf("X-Scope-OrgID = %q", gotTenant)
+	}
+}
+
+func TestPingUnreachable(t *testing.T) {
+	o := Options{URL: "http://127.0.0.1:1", Timeout: 2 * time.Second}
+	api, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Ping(context.Background(), api, o); err == nil || !strings.Contains(err.Error(), "did not answer") {
+		t.Fatalf("err = %v", err)
+	}
+}
