@@ -1,0 +1,97 @@
+// Package plansource reads a plan from where a run is told it is: a file,
+// or a key of a ConfigMap (configmap:NAMESPACE/NAME/KEY), so that the plan
+// reviewed in git and shipped as a ConfigMap is exactly what a scheduled Job
+// executes.
+package plansource
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
+)
+
+const configMapPrefix = "configmap:"
+
+// Source is where a plan is.
+type Source struct {
+	// Path is set for a file.
+	Path string
+	// Namespace, Name and Key are set for a ConfigMap key.
+	Namespace, Name, Key string
+}
+
+// Parse reads a source: "configmap:NAMESPACE/NAME/KEY" or a file path.
+func Parse(s string) (Source, error) {
+	if s == "" {
+		return Source{}, fmt.Errorf("empty plan source")
+	}
+	rest, ok := strings.CutPrefix(s, configMapPrefix)
+	if !ok {
+		return Source{Path: s}, nil
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return Source{}, fmt.Errorf("plan source %q: want configmap:NAMESPACE/NAME/KEY", s)
+	}
+	src := Source{Namespace: parts[0], Name: parts[1], Key: parts[2]}
+	if errs := validation.IsDNS1123Label(src.Namespace); len(errs) > 0 {
+		return Source{}, fmt.Errorf("plan source %q: namespace: %s", s, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Subdomain(src.Name); len(errs) > 0 {
+		return Source{}, fmt.Errorf("plan source %q: ConfigMap name: %s", s, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsConfigMapKey(src.Key); len(errs) > 0 {
+		return Source{}, fmt.Errorf("plan source %q: key: %s", s, strings.Join(errs, "; "))
+	}
+	return src, nil
+}
+
+// IsConfigMap reports whether the source is a ConfigMap key.
+func (s Source) IsConfigMap() bool { return s.Path == "" }
+
+// String names the source as given.
+func (s Source) String() string {
+	if s.IsConfigMap() {
+		return configMapPrefix + s.Namespace + "/" + s.Name + "/" + s.Key
+	}
+	return s.Path
+}
+
+// Read returns the plan's bytes. kube is only used for a ConfigMap source
+// and may be nil for a file.
+func (s Source) Read(ctx context.Context, kube kubernetes.Interface) ([]byte, error) {
+	if !s.IsConfigMap() {
+		b, err := os.ReadFile(s.Path)
+		if err != nil {
+			return nil, fmt.Errorf("read plan: %w", err)
+		}
+		return b, nil
+	}
+	if kube == nil {
+		return nil, fmt.Errorf("read plan from %s: no cluster client", s)
+	}
+	cm, err := kube.CoreV1().ConfigMaps(s.Namespace).Get(ctx, s.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("plan ConfigMap %s/%s not found: create it from the reviewed plan (kubectl create configmap %s -n %s --from-file=%s=plan.yaml)", s.Namespace, s.Name, s.Name, s.Namespace, s.Key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read plan ConfigMap %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	if v, ok := cm.Data[s.Key]; ok {
+		return []byte(v), nil
+	}
+	if v, ok := cm.BinaryData[s.Key]; ok {
+		return v, nil
+	}
+	keys := make([]string, 0, len(cm.Data))
+	for k := range cm.Data {
+		keys = append(keys, k)
+	}
+	return nil, fmt.Errorf("plan ConfigMap %s/%s has no key %q (keys: %s)", s.Namespace, s.Name, s.Key, strings.Join(keys, ", "))
+}
