@@ -214,9 +214,8 @@ func (s *Sandbox) waitScraped(ctx context.Context, n int) error {
 		if err == nil {
 			if vec, ok := v.(model.Vector); ok && len(vec) == 1 && int(vec[0].Value) >= n {
 				return nil
-			} else {
-				last = v.String()
 			}
+			last = v.String()
 		} else {
 			last = err.Error()
 		}

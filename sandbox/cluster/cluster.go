@@ -169,7 +169,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	var lastErr error
 	for {
 		if c.apiserver.exited() {
-			return fmt.Errorf("kube-apiserver exited before becoming ready (%v); last lines of %s:\n%s",
+			return fmt.Errorf("kube-apiserver exited before becoming ready (%w); last lines of %s:\n%s",
 				c.apiserver.exitErr, c.apiserver.logPath, tailFile(c.apiserver.logPath, 2048))
 		}
 		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Raw()
@@ -179,7 +179,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		lastErr = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("kube-apiserver at %s not ready (last error: %v); see %s: %w", c.server, lastErr, c.apiserver.logPath, ctx.Err())
+			return fmt.Errorf("kube-apiserver at %s not ready (last error: %v); see %s: %w", c.server, lastErr, c.apiserver.logPath, ctx.Err()) //nolint:errorlint // lastErr may be nil; ctx.Err() is the cause
 		case <-tick.C:
 		}
 	}

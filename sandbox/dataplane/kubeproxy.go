@@ -42,13 +42,13 @@ func (d *DataPlane) proxy(s *Service, sp scenario.ServicePort, c net.Conn) {
 	}
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 	_ = up.SetDeadline(time.Now().Add(30 * time.Second))
-	done := make(chan error, 2)
+	done := make(chan struct{})
 	go func() {
-		_, err := io.Copy(up, c)
+		defer close(done)
+		_, _ = io.Copy(up, c)
 		if tc, ok := up.(*net.TCPConn); ok {
 			_ = tc.CloseWrite()
 		}
-		done <- err
 	}()
 	_, err = io.Copy(c, up)
 	if errors.Is(err, syscall.ECONNRESET) {

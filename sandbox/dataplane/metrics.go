@@ -114,18 +114,18 @@ func (m *sidecarMetrics) request(reporter string, src, dst peer, svc dstService,
 }
 
 func grpcStatusFor(code int) string {
-	switch {
-	case code == 200:
+	switch code {
+	case 200:
 		return "0"
-	case code == 400:
+	case 400:
 		return "13"
-	case code == 401:
+	case 401:
 		return "16"
-	case code == 403:
+	case 403:
 		return "7"
-	case code == 404:
+	case 404:
 		return "12"
-	case code == 429, code == 502, code == 503, code == 504:
+	case 429, 502, 503, 504:
 		return "14"
 	default:
 		return "2"

@@ -68,8 +68,6 @@ type result struct {
 	code    int
 }
 
-func (r result) ok() bool { return r.outcome == OutcomeSuccess }
-
 // pickEndpoint chooses a random endpoint, as kube-proxy and Envoy's default
 // (round robin/least request) spread load.
 func pickEndpoint(svc *Service) *Pod {

@@ -303,7 +303,7 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 	for {
 		select {
 		case <-p.done:
-			return fmt.Errorf("prometheus exited before becoming ready (%v); last lines of %s:\n%s", p.exitErr, s.logPath, tail(s.logPath, 2048))
+			return fmt.Errorf("prometheus exited before becoming ready (%w); last lines of %s:\n%s", p.exitErr, s.logPath, tail(s.logPath, 2048))
 		default:
 		}
 		reqCtx, reqCancel := context.WithTimeout(ctx, time.Second)
@@ -315,7 +315,7 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 		lastErr = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("prometheus at %s did not answer (last error: %v); see %s: %w", s.url, lastErr, s.logPath, ctx.Err())
+			return fmt.Errorf("prometheus at %s did not answer (last error: %v); see %s: %w", s.url, lastErr, s.logPath, ctx.Err()) //nolint:errorlint // ctx.Err() is the cause; lastErr is context
 		case <-tick.C:
 		}
 	}

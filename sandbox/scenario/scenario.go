@@ -272,7 +272,7 @@ func ReplicaCount(w Workload) int {
 	return 1
 }
 
-// Protocol returns the lower-cased protocol of a workload port, default http.
+// ProtocolName returns the lower-cased protocol of a workload port, default http.
 func (p WorkloadPort) ProtocolName() string {
 	if p.Protocol == "" {
 		return "http"
