@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -145,3 +146,9 @@ func (o *Options) defaults() {
 		o.ProbeWithin = 30 * time.Second
 	}
 }
+
+// OutcomePending: a resumed stage whose change never happened was put back
+// to pending; the next run starts it afresh.
+const OutcomePending Outcome = "pending"
+
+func nan() float64 { return math.NaN() }

@@ -100,7 +100,13 @@ func (r *run) execute(ctx context.Context) error {
 	if err := r.apply(ctx); err != nil {
 		return r.fail(ctx, "apply failed: "+err.Error(), err)
 	}
+	return r.verify(ctx)
+}
 
+// verify runs everything after the change: settle, probes, the soak with
+// its gates, then done or roll back. Resume enters here too.
+func (r *run) verify(ctx context.Context) error {
+	ns := r.stage.Namespace
 	r.d.Progress.Step("settle", fmt.Sprintf("waiting %s for the proxies to get the change (istiod's sync status is not polled)", r.o.Settle))
 	if err := r.d.Clock.Sleep(ctx, r.o.Settle); err != nil {
 		return r.fail(ctx, "interrupted while settling", nil)

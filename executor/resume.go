@@ -1,0 +1,159 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/events"
+	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
+)
+
+// Resume finishes a stage a previous run left mid-way: the state says
+// applying, soaking or rolling-back and the run that wrote it is gone (the
+// caller holds the lock). It never leaves the target mode unverified:
+//
+//   - rolling-back: the rollback is finished from the state's snapshot;
+//   - applying or soaking, the change is live and o.Plan is the plan of
+//     that record: probes and a full fresh soak (against the baseline
+//     recorded before the change), then done or rolled back;
+//   - applying, the change never reached the API server: the snapshot is
+//     restored (normally a no-op) and the stage goes back to pending, so the
+//     next run starts it afresh;
+//   - o.Plan nil (the record belongs to another plan than the one given):
+//     rolled back from the state alone.
+//
+// o.Stage and o.PlanDigest name the stage in the state.
+func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
+	o.defaults()
+	if d.Clock == nil {
+		d.Clock = health.RealClock{}
+	}
+	if d.Events == nil {
+		d.Events = events.Discard{}
+	}
+	s, err := d.Store.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rec := s.Plan(o.PlanDigest)
+	if rec == nil || rec.Stage(o.Stage) == nil {
+		return nil, fmt.Errorf("resume: stage %d of plan %s is not in the migration state", o.Stage, o.PlanDigest)
+	}
+	ss := rec.Stage(o.Stage)
+	stage := &plans.Stage{Number: ss.Number, Namespace: ss.Namespace}
+	planKnown := o.Plan != nil
+	if planKnown {
+		if stage, err = o.Plan.Stage(o.Stage); err != nil {
+			return nil, fmt.Errorf("resume: %w", err)
+		}
+	} else {
+		o.Plan = &plans.Plan{Metadata: plans.Metadata{Name: rec.Name}}
+	}
+	r := &run{d: d, o: o, stage: stage, res: &Result{Stage: ss.Number, Namespace: ss.Namespace}, changed: true}
+	r.note(fmt.Sprintf("a previous run left stage %d (%s) %s since %s (by %s); resuming", ss.Number, ss.Namespace, ss.Phase, ss.StartedAt.UTC().Format("2006-01-02T15:04:05Z"), orUnknown(ss.AppliedBy)))
+
+	if ss.Phase == state.RollingBack {
+		return r.res, r.fail(ctx, "finishing the rollback a previous run started: "+ss.Reason, nil)
+	}
+	if !ss.Phase.InProgress() {
+		return r.res, fmt.Errorf("resume: stage %d is %s, not in progress", ss.Number, ss.Phase)
+	}
+	if !planKnown {
+		return r.res, r.fail(ctx, "the previous run's plan is not the one given; rolling its stage back from the state", nil)
+	}
+	live, err := r.liveTarget(ctx, ss)
+	if err != nil {
+		return r.res, r.fail(ctx, "could not read the target PeerAuthentication: "+err.Error(), err)
+	}
+	if live == nil || string(live.Spec.GetMtls().GetMode().String()) != ss.Target.Mode {
+		// The change is not live: either the apply never happened, or
+		// someone put it back. Restoring the snapshot undoes nothing that
+		// is not ours (it refuses on a conflict).
+		r.changed = false
+		if err := r.fail(ctx, "the previous run died before its change was live", nil); IsRolledBack(err) && !anyChanged(r.res.Rollback) {
+			if perr := r.setPhase(ctx, state.Pending, "the previous run died before the change; nothing was changed; the next run starts the stage afresh", nil); perr != nil {
+				return r.res, perr
+			}
+			r.res.Outcome = OutcomePending
+			return r.res, nil
+		} else {
+			return r.res, err
+		}
+	}
+
+	// The change is live: verify it as a fresh run would, against the
+	// baseline recorded before the change.
+	r.baselines = map[string]*health.Baseline{}
+	for _, g := range ss.Baseline {
+		b := health.Baseline{Value: nan(), Samples: nan()}
+		if g.Value != nil {
+			b.Value = *g.Value
+		}
+		if g.Samples != nil {
+			b.Samples = *g.Samples
+		}
+		r.baselines[g.Name] = &b
+	}
+	for _, g := range stage.Gates {
+		if r.baselines[g.Name] == nil {
+			b := health.Baseline{Value: nan(), Samples: nan()}
+			r.baselines[g.Name] = &b
+		}
+	}
+	if r.pods, err = health.NewPodCheck(ctx, d.Kube, ss.Namespace); err != nil {
+		return r.res, r.fail(ctx, "resume: "+err.Error(), err)
+	}
+	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d: resuming the verification a previous run left %s", ss.Number, ss.Phase))
+	if err := r.setPhase(ctx, state.Applying, "resumed after the previous run died", func(st *state.StageState) {
+		st.Target.UID = string(live.UID)
+		st.Target.ResourceVersion = live.ResourceVersion
+	}); err != nil {
+		return r.res, r.fail(ctx, "record resume: "+err.Error(), err)
+	}
+	return r.res, r.verify(ctx)
+}
+
+// liveTarget returns the PeerAuthentication the stage wrote, or nil when it
+// is absent or not the object the stage wrote (another UID).
+func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1.PeerAuthentication, error) {
+	if ss.Target == nil {
+		return nil, nil
+	}
+	pa, err := r.d.Istio.SecurityV1().PeerAuthentications(ss.Namespace).Get(ctx, ss.Target.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ss.Target.UID != "" && string(pa.UID) != ss.Target.UID {
+		return nil, nil
+	}
+	if ss.Target.Created && pa.Labels[rollback.ManagedByLabel] != rollback.ManagedByValue {
+		return nil, nil
+	}
+	return pa, nil
+}
+
+func anyChanged(reps []rollback.StageReport) bool {
+	for _, rep := range reps {
+		if rep.Changed {
+			return true
+		}
+	}
+	return false
+}
+
+// IsRolledBack reports whether err says the stage was rolled back.
+func IsRolledBack(err error) bool {
+	_, ok := err.(*RolledBackError)
+	return ok
+}

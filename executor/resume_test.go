@@ -1,0 +1,154 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/model"
+	apisecurity "istio.io/api/security/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+)
+
+var errDead = errors.New("the process was killed")
+
+// dyingStore simulates a SIGKILL: once a write matching dieAfter is
+// persisted, nothing the run does afterwards reaches the cluster (state
+// writes and policy writes fail).
+type dyingStore struct {
+	state.Store
+	dieAfter func(*state.StageState) bool
+	dead     bool
+}
+
+func (s *dyingStore) Update(ctx context.Context, fn func(*state.State) error) error {
+	if s.dead {
+		return errDead
+	}
+	return s.Store.Update(ctx, func(st *state.State) error {
+		if err := fn(st); err != nil {
+			return err
+		}
+		if p := st.Current(); p != nil && len(p.Stages) > 0 && s.dieAfter(&p.Stages[0]) {
+			s.dead = true
+		}
+		return nil
+	})
+}
+
+type dyingWriter struct {
+	PolicyWriter
+	s *dyingStore
+}
+
+func (w dyingWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dry bool) (*securityv1.PeerAuthentication, error) {
+	if w.s.dead {
+		return nil, errDead
+	}
+	return w.PolicyWriter.Apply(ctx, cfg, dry)
+}
+
+func crashAt(phase state.Phase, applied bool) func(*state.StageState) bool {
+	return func(st *state.StageState) bool {
+		return st.Phase == phase && (st.Target != nil && st.Target.UID != "") == applied
+	}
+}
+
+func failingSuccessGateAfter(at time.Time) func(string, time.Time) (model.Value, error) {
+	return func(q string, ts time.Time) (model.Value, error) {
+		if ts.After(at) && q == "success" {
+			return model.Vector{&model.Sample{Value: 0.1}}, nil
+		}
+		return healthyProm(q, ts)
+	}
+}
+
+func TestResumeAfterACrashNeverLeavesTheChangeUnverified(t *testing.T) {
+	tests := []struct {
+		name        string
+		crash       func(*state.StageState) bool
+		failingGate bool // the first run's soak fails (to crash during the rollback)
+		resumeProm  func(string, time.Time) (model.Value, error)
+		forgetPlan  bool
+		wantPhase   state.Phase
+		wantMode    apisecurity.PeerAuthentication_MutualTLS_Mode
+		wantErr     bool
+	}{
+		{name: "after the snapshot: back to pending, nothing changed", crash: crashAt(state.Applying, false),
+			wantPhase: state.Pending, wantMode: apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE},
+		{name: "after the apply: verified and done", crash: crashAt(state.Applying, true),
+			wantPhase: state.Done, wantMode: apisecurity.PeerAuthentication_MutualTLS_STRICT},
+		{name: "during the soak: fresh soak, done", crash: crashAt(state.Soaking, true),
+			wantPhase: state.Done, wantMode: apisecurity.PeerAuthentication_MutualTLS_STRICT},
+		{name: "during the soak, unhealthy on resume: rolled back", crash: crashAt(state.Soaking, true),
+			resumeProm: failingSuccessGateAfter(time.Time{}),
+			wantPhase:  state.RolledBack, wantMode: apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, wantErr: true},
+		{name: "during the rollback: rollback finished", crash: crashAt(state.RollingBack, true), failingGate: true,
+			wantPhase: state.RolledBack, wantMode: apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, wantErr: true},
+		{name: "plan changed since: rolled back from the state alone", crash: crashAt(state.Soaking, true), forgetPlan: true,
+			wantPhase: state.RolledBack, wantMode: apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			if tt.failingGate {
+				e.prom = failingSuccessGateAfter(t0.Add(20 * time.Second))
+			}
+			ds := &dyingStore{Store: e.store, dieAfter: tt.crash}
+			_, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+				d.Store = ds
+				d.Writer = dyingWriter{PolicyWriter: d.Writer, s: ds}
+			})
+			if !ds.dead {
+				t.Fatalf("the crash point was never reached (err %v)", err)
+			}
+			if e.phase() != state.Applying && e.phase() != state.Soaking && e.phase() != state.RollingBack {
+				t.Fatalf("after the crash the stage is %s", e.phase())
+			}
+			// The next run: a healthy (or the given) Prometheus, a fresh clock.
+			e.prom = healthyProm
+			if tt.resumeProm != nil {
+				e.prom = tt.resumeProm
+			}
+			e.clock.now = e.clock.now.Add(5 * time.Minute)
+			var res *Result
+			e.run(testPlan(true, "n=1"), func(d *Deps, o *Options) {
+				ro := *o
+				if tt.forgetPlan {
+					ro.Plan = nil
+				}
+				res, err = Resume(context.Background(), *d, ro)
+				// The run that follows is refused (nothing is left in
+				// progress only if the resume ended the stage); its result
+				// is ignored.
+				o.DryRun = true
+			})
+			if res == nil {
+				t.Fatalf("no result: %v", err)
+			}
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("resume error %v, want error %v", err, tt.wantErr)
+			}
+			if e.phase() != tt.wantPhase {
+				t.Fatalf("phase %s, want %s", e.phase(), tt.wantPhase)
+			}
+			pa := e.policy()
+			if pa.Spec.GetMtls().GetMode() != tt.wantMode || pa.UID != "uid-old" || pa.Labels["team"] != "cart" || pa.Annotations["note"] != "x" {
+				t.Fatalf("policy %+v", pa)
+			}
+			if tt.wantPhase == state.RolledBack && len(pa.Annotations) != 1 {
+				t.Fatalf("annotations not restored exactly: %v", pa.Annotations)
+			}
+			if tt.wantPhase == state.Pending {
+				// The stage can then run afresh.
+				if _, err, _ := e.run(testPlan(true, "n=1"), nil); err != nil || e.phase() != state.Done {
+					t.Fatalf("fresh run after pending: %v, phase %s", err, e.phase())
+				}
+			}
+		})
+	}
+}
