@@ -56,7 +56,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		gw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, g := range s.Gates {
-			fmt.Fprintf(gw, "  gate %s\t%s\tvalue %s\tthreshold %s\t%s\n", g.Name, g.Verdict, number(g.Value), number(g.Threshold), g.Message)
+			line := fmt.Sprintf("  gate %s\t%s\tvalue %s\tthreshold %s", g.Name, g.Verdict, number(g.Value), number(g.Threshold))
+			if g.Message != "" {
+				line += "\t" + g.Message
+			}
+			fmt.Fprintln(gw, line)
 		}
 		if err := gw.Flush(); err != nil {
 			return err
@@ -86,16 +90,23 @@ func number(v *float64) string {
 	return strconv.FormatFloat(*v, 'g', 4, 64)
 }
 
+// maxOverrides bounds the overrides shown in a table cell; -o yaml has all.
+const maxOverrides = 3
+
 func overridesText(os []Override) string {
 	if len(os) == 0 {
 		return "-"
 	}
-	parts := make([]string, len(os))
+	var parts []string
 	for i, o := range os {
+		if i == maxOverrides {
+			parts = append(parts, fmt.Sprintf("+%d more (-o yaml)", len(os)-maxOverrides))
+			break
+		}
 		if o.Port == nil {
-			parts[i] = fmt.Sprintf("%s=%s", o.Workload, o.Mode)
+			parts = append(parts, fmt.Sprintf("%s=%s", o.Workload, o.Mode))
 		} else {
-			parts[i] = fmt.Sprintf("%s:%d=%s", o.Workload, *o.Port, o.Mode)
+			parts = append(parts, fmt.Sprintf("%s:%d=%s", o.Workload, *o.Port, o.Mode))
 		}
 	}
 	return strings.Join(parts, ",")
