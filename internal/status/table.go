@@ -66,8 +66,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 			return err
 		}
 	}
-	if len(r.Notes) > 0 {
+	if r.Plan != nil || len(r.Notes) > 0 {
 		fmt.Fprintln(w)
+	}
+	if r.Plan != nil {
+		fmt.Fprintf(w, "plan %s (%s)\n", r.Plan.Name, r.Plan.Digest)
 	}
 	for _, note := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", note)
