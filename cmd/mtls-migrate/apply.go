@@ -18,6 +18,8 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
+	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
+	"github.com/mtls-migrate/mtls-migrate/internal/window"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
@@ -45,12 +47,15 @@ type applyOptions struct {
 	MaxConsecutiveErrors int
 	ProbeTimeout         time.Duration
 	ProbeRetry           time.Duration
+	AllowedWindow        string
+	Replan               bool
+	LockTTL              time.Duration
 }
 
 func newApplyCmd(f *factory, runF func(*applyOptions) error) *cobra.Command {
 	o := &applyOptions{f: f}
 	cmd := &cobra.Command{
-		Use:   "apply --plan FILE (--stage N | --next)",
+		Use:   "apply --plan SOURCE (--stage N | --next)",
 		Short: "Apply one stage of a plan, verify it, and roll it back if health degrades",
 		Long: `apply runs one stage of a reviewed plan: pre-flight checks, a snapshot of the
 namespace's PeerAuthentications, STRICT by server-side apply, probes (plaintext
@@ -61,7 +66,11 @@ the snapshot by itself and exits 3.`,
   mtls-migrate apply --plan plan.yaml --stage 1 --dry-run=server
 
   # Apply stage 1 with a 10 minute soak
-  mtls-migrate apply --plan plan.yaml --stage 1 --soak 10m`,
+  mtls-migrate apply --plan plan.yaml --stage 1 --soak 10m
+
+  # What the CronJob runs: the next stage, from the reviewed plan in a ConfigMap
+  mtls-migrate apply --plan configmap:mtls-migrate/mtls-migrate-plan/plan.yaml --next \
+    --allowed-window "Mon-Fri 09:00-16:00 Europe/Berlin"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
@@ -73,9 +82,12 @@ the snapshot by itself and exits 3.`,
 			return o.Run(cmd)
 		},
 	}
-	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the reviewed plan file")
+	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the reviewed plan: a file, or configmap:NAMESPACE/NAME/KEY (what a scheduled Job runs)")
 	cmd.Flags().IntVar(&o.Stage, "stage", 0, "the stage number to apply")
-	cmd.Flags().BoolVar(&o.Next, "next", false, "apply the next pending stage")
+	cmd.Flags().BoolVar(&o.Next, "next", false, "finish a stage a dead run left mid-way, or else apply the next pending stage; exit 0 when all are done")
+	cmd.Flags().StringVar(&o.AllowedWindow, "allowed-window", "", `with --next: start a stage only inside "DAYS HH:MM-HH:MM [ZONE]", e.g. "Mon-Fri 09:00-16:00 Europe/Berlin"; outside it exit 0 doing nothing`)
+	cmd.Flags().BoolVar(&o.Replan, "replan", false, "with --next: continue with a plan whose digest differs from the one in progress (says which stages changed)")
+	cmd.Flags().DurationVar(&o.LockTTL, "lock-ttl", 2*time.Minute, "how long the run's lock (Lease mtls-migrate-lock) stays valid without renewal; renewed every third of it; a dead run's lock is taken over after it")
 	cmd.Flags().StringVar(&o.DryRun, "dry-run", "none", `"server" sends the change through the API server's validation without persisting it; "none" applies`)
 	cmd.Flags().DurationVar(&o.Soak, "soak", 0, "override the stage's soak time")
 	cmd.Flags().BoolVar(&o.Force, "force", false, "apply a blocked stage, or despite plaintext seen since the plan (requires --reason, which is recorded)")
@@ -115,6 +127,20 @@ func (o *applyOptions) Validate() error {
 	if !o.Force && o.Reason != "" {
 		return cli.Usagef("--reason goes with --force")
 	}
+	if o.Next && (o.Force || o.Reason != "") {
+		return cli.Usagef("--force goes with --stage N: a scheduled run never forces a blocked stage")
+	}
+	if !o.Next && (o.AllowedWindow != "" || o.Replan) {
+		return cli.Usagef("--allowed-window and --replan go with --next")
+	}
+	if o.AllowedWindow != "" {
+		if _, err := window.Parse(o.AllowedWindow); err != nil {
+			return cli.Usagef("--allowed-window: %v", err)
+		}
+	}
+	if o.LockTTL < 3*time.Second {
+		return cli.Usagef("--lock-ttl must be at least 3s")
+	}
 	if o.StateNamespace == "" {
 		return cli.Usagef("--state-namespace must not be empty")
 	}
@@ -140,42 +166,65 @@ func loadPlan(path string) (*plans.Plan, string, error) {
 	return p, d, nil
 }
 
-// Run applies the stage.
+// Run applies the stage (--stage) or the next one (--next).
 func (o *applyOptions) Run(cmd *cobra.Command) error {
 	if o.Next {
-		return errNotBuilt("apply --next")
+		return o.runNext(cmd)
 	}
 	ctx := cmd.Context()
-	plan, digest, err := loadPlan(o.PlanPath)
+	var clients *kube.Clients
+	src, err := plansource.Parse(o.PlanPath)
+	if err != nil {
+		return cli.WithCode(cli.ExitUsage, err)
+	}
+	if src.IsConfigMap() {
+		if clients, err = o.f.kubeClients(); err != nil {
+			return err
+		}
+	}
+	plan, digest, err := readPlan(ctx, o.PlanPath, clients)
 	if err != nil {
 		return err
 	}
 	if _, err := plan.Stage(o.Stage); err != nil {
 		return cli.Usagef("--stage: %v", err)
 	}
+	if clients == nil {
+		if clients, err = o.f.kubeClients(); err != nil {
+			return err
+		}
+	}
+	if o.DryRun != "server" {
+		lctx, release, err := o.acquireLock(ctx, clients, func(s string) { fmt.Fprintln(o.f.streams.ErrOut, s) })
+		if err != nil {
+			return err
+		}
+		defer release()
+		ctx = lctx
+	}
+	return o.runStage(ctx, clients, plan, digest)
+}
+
+// deps builds the executor's clients and options for a stage in namespace.
+func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *plans.Plan, digest, namespace string) (executor.Deps, executor.Options, error) {
 	log, err := o.f.logger()
 	if err != nil {
-		return err
-	}
-	clients, err := o.f.kubeClients()
-	if err != nil {
-		return err
+		return executor.Deps{}, executor.Options{}, err
 	}
 	prom, popts, err := o.f.prometheus()
 	if err != nil {
-		return err
+		return executor.Deps{}, executor.Options{}, err
 	}
 	var progress executor.Progress = executor.LogProgress{Log: log}
 	if cli.IsTerminal(o.f.streams.ErrOut) && o.f.logFormat != cli.LogJSON {
 		progress = &ttyProgress{w: o.f.streams.ErrOut}
 	}
-	stage, _ := plan.Stage(o.Stage)
 	d := executor.Deps{
 		Kube: clients.Kube, Istio: clients.Istio, Writer: executor.SSAWriter{Client: clients.Istio},
 		Prom: prom, PromTimeout: popts.Timeout,
 		Store: state.NewConfigMapStore(clients.Kube, o.StateNamespace),
 		Prober: &probe.Prober{Timeout: o.ProbeTimeout, Exec: &probe.KubeExec{Config: clients.Config, Client: clients.Kube},
-			Namespace: stage.Namespace},
+			Namespace: namespace},
 		Events: &events.Kube{Client: clients.Kube}, Digest: policyDigest,
 		Clock: health.RealClock{}, Progress: progress, Log: log,
 	}
@@ -183,6 +232,19 @@ func (o *applyOptions) Run(cmd *cobra.Command) error {
 		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,
 		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f),
 		Settle: o.Settle, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
+	}
+	return d, opts, nil
+}
+
+// runStage runs o.Stage of the plan and prints the result.
+func (o *applyOptions) runStage(ctx context.Context, clients *kube.Clients, plan *plans.Plan, digest string) error {
+	stage, err := plan.Stage(o.Stage)
+	if err != nil {
+		return cli.Usagef("--stage: %v", err)
+	}
+	d, opts, err := o.deps(ctx, clients, plan, digest, stage.Namespace)
+	if err != nil {
+		return err
 	}
 	res, runErr := executor.Run(ctx, d, opts)
 	if res != nil && (runErr == nil || !executor.IsRefused(runErr)) {

@@ -54,7 +54,8 @@ reviewed, verified, reversible process:
   status    show each namespace's effective mode and stage state
 
 Exit codes: 0 done; 1 error; 2 bad usage or invalid input (nothing touched);
-3 a gate failed and the stage was rolled back; 4 the rollback failed too.`,
+3 a gate failed and the stage was rolled back; 4 the rollback failed too;
+5 another run holds the lock (nothing touched).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {

@@ -20,6 +20,8 @@ const (
 	// ExitRollbackFailed: a gate failed and the rollback failed too; a
 	// person must look.
 	ExitRollbackFailed = 4
+	// ExitLocked: another run holds the lock (Lease); nothing was touched.
+	ExitLocked = 5
 )
 
 // ExitCodeError carries an exit code with an error.

@@ -60,6 +60,19 @@ type PlanRecord struct {
 	Digest    string       `json:"digest"`
 	StartedAt time.Time    `json:"startedAt"`
 	Stages    []StageState `json:"stages"`
+	// Outline is the plan's stages as `apply --next` first saw them, so a
+	// run with another plan can say which stages changed (--replan).
+	Outline []StageOutline `json:"outline,omitempty"`
+}
+
+// StageOutline is one planned stage, enough to compare two plans.
+type StageOutline struct {
+	Number     int    `json:"number"`
+	Namespace  string `json:"namespace"`
+	Status     string `json:"status"`
+	TargetMode string `json:"targetMode"`
+	// Digest covers what the executor acts on: policy, probes, gates, soak.
+	Digest string `json:"digest"`
 }
 
 // StageState is one stage's execution record.
