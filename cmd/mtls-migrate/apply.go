@@ -19,9 +19,9 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
 	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
-	"github.com/mtls-migrate/mtls-migrate/internal/window"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/internal/window"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 

@@ -209,4 +209,3 @@ func (o *applyOptions) runResume(ctx context.Context, clients *kube.Clients, ro 
 	}
 	return applyExitError(runErr)
 }
-
