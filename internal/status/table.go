@@ -56,7 +56,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		gw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, g := range s.Gates {
-			line := fmt.Sprintf("  gate %s\t%s\tvalue %s\tthreshold %s", g.Name, g.Verdict, number(g.Value), number(g.Threshold))
+			line := fmt.Sprintf("  gate %s\t%s\tvalue %s\tthreshold %s", g.Name, g.Verdict, number(g.Value, "no data"), number(g.Threshold, "-"))
 			if g.Message != "" {
 				line += "\t" + g.Message
 			}
@@ -86,9 +86,9 @@ func FormatRate(v *float64) string {
 	return strconv.FormatFloat(*v, 'g', 3, 64)
 }
 
-func number(v *float64) string {
+func number(v *float64, none string) string {
 	if v == nil {
-		return "no data"
+		return none
 	}
 	return strconv.FormatFloat(*v, 'g', 4, 64)
 }
