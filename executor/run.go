@@ -385,5 +385,14 @@ func (r *run) confirmPlaintext(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	// These probes are plaintext requests from outside the mesh, recorded
+	// by the destination like any other: the next apply's pre-flight must
+	// not take them for a client STRICT would cut off.
+	return r.d.Store.Update(ctx, func(s *state.State) error {
+		if s.ProbedAt == nil {
+			s.ProbedAt = map[string]time.Time{}
+		}
+		s.ProbedAt[r.stage.Namespace] = r.d.Clock.Now().UTC()
+		return nil
+	})
 }
