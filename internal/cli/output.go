@@ -32,6 +32,8 @@ func PrintData(w io.Writer, format string, v any, table func(io.Writer) error) e
 	case OutputJSON:
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		// PromQL and comparisons ("<=") are data here, not HTML.
+		enc.SetEscapeHTML(false)
 		return enc.Encode(v)
 	case OutputYAML:
 		enc := yaml.NewEncoder(w)
