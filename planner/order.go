@@ -49,10 +49,14 @@ func (e *env) order(nss []*nsPlan) []plans.Stage {
 }
 
 func (e *env) baseStage(np *nsPlan) plans.Stage {
+	g := gates.Defaults(np.name, e.opts.GateWindow)
+	if np.evidence.PlaintextRequestRate > 0 {
+		g = append(g, gates.PlaintextSources(np.name, e.opts.GateWindow))
+	}
 	return plans.Stage{
 		Namespace: np.name, Scope: plans.ScopeNamespace,
 		Evidence: np.evidence,
-		Gates:    gates.Defaults(np.name, e.opts.GateWindow),
+		Gates:    g,
 		Soak:     e.opts.Soak,
 	}
 }

@@ -85,3 +85,22 @@ func Defaults(namespace string, window plans.Duration) []plans.Gate {
 		},
 	}
 }
+
+// PlaintextSources is the gate of a stage whose namespace takes plaintext
+// today (a blocked stage someone forces): the plaintext request rate into
+// the namespace must stay at 0.8 of its baseline or more. STRICT resets
+// those clients before any metric is recorded, so the rate falls to zero
+// within the gate window; inbound-request-rate alone misses them when they
+// are a small share of the namespace's traffic (Online Boutique's
+// frontend-external is about a fifth). No baseline (the plaintext clients
+// moved away since the plan) leaves it Inconclusive, never failing.
+func PlaintextSources(namespace string, window plans.Duration) plans.Gate {
+	sel := `reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace=` + telemetry.EscapeLabelValue(namespace)
+	return plans.Gate{
+		Name:       "plaintext-request-rate",
+		Query:      fmt.Sprintf("sum(rate(istio_requests_total{%s}[%s]))", sel, window.String()),
+		Comparison: plans.GreaterOrEqual,
+		Threshold:  0.8,
+		Relative:   plans.BaselineTimes,
+	}
+}
