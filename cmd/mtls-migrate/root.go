@@ -85,7 +85,22 @@ Exit codes: 0 done; 1 error; 2 bad usage or invalid input (nothing touched);
 		newStatusCmd(f, nil),
 		newVersionCmd(f),
 	)
+	usageArgs(cmd)
 	return cmd
+}
+
+// usageArgs makes argument errors (an unexpected positional argument) exit
+// with the usage code, like flag errors: nothing was touched.
+func usageArgs(c *cobra.Command) {
+	if c.Args != nil {
+		args := c.Args
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			return cli.WithCode(cli.ExitUsage, args(cmd, a))
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageArgs(sub)
+	}
 }
 
 // logger returns the logger configured by --log-format and -v.

@@ -42,6 +42,7 @@ func TestGlobalFlagErrorsAreUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"plan", "--windw", "7d"}, "unknown flag"},
 		{"bad log format", []string{"--log-format", "xml", "version"}, "--log-format"},
 		{"bad prometheus header", []string{"plan", "--prometheus-url", "http://p:9090", "--prometheus-header", "nokey"}, "KEY=VALUE"},
+		{"unexpected argument", []string{"status", "extra"}, "unknown command"},
 		{"bad prometheus url", []string{"plan", "--prometheus-url", "p:9090"}, "--prometheus-url"},
 	}
 	for _, tc := range tests {
