@@ -182,9 +182,7 @@ func (e *env) meshStage(nss []*nsPlan) plans.Stage {
 			Fix:     "plan those namespaces too, or give them an explicit namespace policy",
 		})
 	}
-	for _, w := range e.rootWorkloadsOpen() {
-		st.Risks = append(st.Risks, w)
-	}
+	st.Risks = append(st.Risks, e.rootWorkloadsOpen()...)
 	sortRisks(st.Risks)
 	st.Status = statusOf(st.Risks)
 	st.Modes = e.modeChanges(root, st.TargetMode)

@@ -74,10 +74,6 @@ func withHTTPProbe(port int32) podOpt {
 	}
 }
 
-func withArgs(args ...string) podOpt {
-	return func(p *corev1.Pod) { p.Spec.Containers[0].Args = args }
-}
-
 // workload adds one running pod of workload app in ns, with a sidecar or
 // not, listening on ports.
 func (w *world) workload(ns, app string, sidecar bool, ports []int32, opts ...podOpt) *world {

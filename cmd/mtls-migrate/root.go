@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 	"time"
@@ -143,8 +142,3 @@ func (f *factory) prometheus() (v1.API, promclient.Options, error) {
 
 // kubeClients returns the cluster clients built from the kubectl flags.
 func (f *factory) kubeClients() (*kube.Clients, error) { return f.newKubeClients() }
-
-// errNotBuilt is what a command says until it is implemented: no fake output.
-func errNotBuilt(name string) error {
-	return fmt.Errorf("%s is not built yet in this version of mtls-migrate", name)
-}

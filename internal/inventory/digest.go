@@ -92,7 +92,7 @@ func ConfigDigest(inv *Inventory) string {
 	}
 	drs := make([]dr, 0, len(inv.DestinationRules))
 	for _, d := range inv.DestinationRules {
-		drs = append(drs, dr{d.Namespace, d.Name, d.UID, d.Generation, d.Host, d.ExportTo, d.DisableTLS})
+		drs = append(drs, dr(d))
 	}
 	sort.Slice(drs, func(i, j int) bool {
 		if drs[i].Namespace != drs[j].Namespace {

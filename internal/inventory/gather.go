@@ -421,7 +421,7 @@ func listPeerAuthentications(ctx context.Context, c Clients, inv *Inventory) err
 		}
 	case apierrors.IsNotFound(errb) && err == nil:
 	default:
-		return fmt.Errorf("v1: %v; v1beta1: %w", err, errb)
+		return fmt.Errorf("v1: %w; v1beta1: %w", err, errb)
 	}
 	sort.Slice(inv.PeerAuthentications, func(i, j int) bool {
 		a, b := inv.PeerAuthentications[i], inv.PeerAuthentications[j]

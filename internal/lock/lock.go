@@ -56,7 +56,6 @@ type Lock struct {
 	acquired time.Time
 	// TookOver names the previous holder whose expired Lease was taken.
 	TookOver string
-	lost     chan struct{}
 	stop     chan struct{}
 	done     chan struct{}
 }

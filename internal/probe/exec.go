@@ -11,7 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/apimachinery/pkg/util/httpstream" //nolint:staticcheck // client-go v0.37 returns its errors
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -95,7 +95,8 @@ func (k *KubeExec) Exec(ctx context.Context, namespace, pod, container string, c
 		return "", 0, err
 	}
 	exec, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
-		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+		// client-go v0.37 executors still return apimachinery httpstream errors.
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err) //nolint:staticcheck // see above
 	})
 	if err != nil {
 		return "", 0, err
