@@ -7,7 +7,6 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
@@ -127,7 +126,7 @@ func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1
 	if ss.Target == nil {
 		return nil, nil
 	}
-	pa, err := r.d.Istio.SecurityV1().PeerAuthentications(ss.Namespace).Get(ctx, ss.Target.Name, metav1.GetOptions{})
+	pa, err := rollback.Get(ctx, r.d.Istio, ss.Namespace, ss.Target.Name)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}

@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	apisecurity "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
@@ -98,6 +101,10 @@ func (r *run) execute(ctx context.Context) error {
 
 	r.d.Progress.Step("apply", fmt.Sprintf("server-side apply of PeerAuthentication %s/%s mode %s", ns, r.stage.Policy.Metadata.Name, r.stage.TargetMode))
 	if err := r.apply(ctx); err != nil {
+		if IsRefused(err) {
+			// Someone else changed the policy: nothing of ours landed.
+			return err
+		}
 		return r.fail(ctx, "apply failed: "+err.Error(), err)
 	}
 	return r.verify(ctx)
@@ -151,6 +158,34 @@ func (r *run) dryRun(ctx context.Context) error {
 	return nil
 }
 
+func (r *run) stageAnnotation() string {
+	return fmt.Sprintf("%s/%d", r.o.Plan.Metadata.Name, r.stage.Number)
+}
+
+// afterConflict decides after a 409 on the apply. If the live object is
+// exactly what the stage writes (same UID, the snapshot's spec with the
+// target mode, our annotation), the write was ours and landed. Otherwise
+// someone else changed the policy after the snapshot: the stage is put
+// back to pending and refused, their change left alone.
+func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.PeerAuthentication, error) {
+	name := r.stage.Policy.Metadata.Name
+	live, err := rollback.Get(ctx, r.d.Istio, r.stage.Namespace, name)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after a conflict (%v): %w", r.stage.Namespace, name, conflict, err)
+	}
+	if err == nil && r.target != nil && live.UID == r.target.UID &&
+		proto.Equal(&live.Spec, rollback.AppliedSpec(&r.target.Spec, string(r.stage.TargetMode))) &&
+		live.Annotations[rollback.StageAnnotation] == r.stageAnnotation() {
+		return live, nil
+	}
+	r.changed = false
+	reason := fmt.Sprintf("PeerAuthentication %s/%s changed after the snapshot (someone else wrote it: %v); not overwriting their change; re-run plan", r.stage.Namespace, name, conflict)
+	if perr := r.setPhase(ctx, state.Pending, reason, nil); perr != nil {
+		return nil, fmt.Errorf("%s; and recording it in the state failed: %w", reason, perr)
+	}
+	return nil, &RefusedError{Reason: reason}
+}
+
 // applyConfig is what the stage server-side applies: on an object it
 // creates, the plan's labels plus the managed-by label; on a pre-existing
 // one only the mode and the stage annotation (its labels stay its owner's).
@@ -165,7 +200,10 @@ func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
 		labels[rollback.ManagedByLabel] = rollback.ManagedByValue
 		cfg.WithLabels(labels)
 	} else {
-		cfg.WithAnnotations(map[string]string{rollback.StageAnnotation: fmt.Sprintf("%s/%d", r.o.Plan.Metadata.Name, r.stage.Number)})
+		cfg.WithAnnotations(map[string]string{rollback.StageAnnotation: r.stageAnnotation()})
+		// Optimistic concurrency: the API server refuses (409) the apply if
+		// the object is no longer the version the snapshot holds.
+		cfg.WithResourceVersion(r.target.ResourceVersion)
 	}
 	cfg.Spec = &apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{
 		Mode: apisecurity.PeerAuthentication_MutualTLS_Mode(apisecurity.PeerAuthentication_MutualTLS_Mode_value[string(r.stage.TargetMode)]),
@@ -242,7 +280,18 @@ func (r *run) snapshot(ctx context.Context) error {
 
 func (r *run) apply(ctx context.Context) error {
 	r.changed = true
-	obj, err := r.d.Writer.Apply(ctx, r.applyConfig(), false)
+	var obj *securityv1.PeerAuthentication
+	err := kuberetry.Do(ctx, func() (err error) {
+		obj, err = r.d.Writer.Apply(ctx, r.applyConfig(), false)
+		return err
+	})
+	if apierrors.IsConflict(err) {
+		// The apply carries the snapshot's resourceVersion: a 409 means the
+		// object changed since. Re-read and decide again: our own write
+		// (a retry after a lost response) is fine; anyone else's change is
+		// not overwritten.
+		obj, err = r.afterConflict(ctx, err)
+	}
 	if err != nil {
 		return err
 	}

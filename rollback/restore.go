@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 )
 
@@ -109,7 +110,7 @@ func dryRun(dry bool) []string {
 
 func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState, obj string, o Options) (Action, error) {
 	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := pas.Get(ctx, st.Target.Name, metav1.GetOptions{})
+	live, err := get(ctx, c, st.Namespace, st.Target.Name)
 	if apierrors.IsNotFound(err) {
 		return Action{Object: obj, Did: "already absent (it did not exist before the stage)"}, nil
 	}
@@ -128,9 +129,12 @@ func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState
 	// Preconditions: the API server deletes only this UID at this version;
 	// anything newer is a conflict, and Restore re-reads and decides again.
 	uid, rv := live.UID, live.ResourceVersion
-	err = pas.Delete(ctx, live.Name, metav1.DeleteOptions{
-		Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
-		DryRun:        dryRun(o.DryRun),
+	// A retried delete that had landed finds it absent (404, below).
+	err = kuberetry.Do(ctx, func() error {
+		return pas.Delete(ctx, live.Name, metav1.DeleteOptions{
+			Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
+			DryRun:        dryRun(o.DryRun),
+		})
 	})
 	if apierrors.IsNotFound(err) {
 		return Action{Object: obj, Did: "already absent"}, nil
@@ -143,7 +147,7 @@ func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState
 
 func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState, before *securityv1.PeerAuthentication, obj string, o Options) (Action, error) {
 	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := pas.Get(ctx, before.Name, metav1.GetOptions{})
+	live, err := get(ctx, c, st.Namespace, before.Name)
 	if apierrors.IsNotFound(err) {
 		return Action{}, &ConflictError{Object: obj, Reason: "it was deleted after the stage patched it; recreating it would give it a new creation time and change Istio's precedence"}
 	}
@@ -172,7 +176,12 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 	restored.Annotations = maps.Clone(before.Annotations)
 	// Update carries live's resourceVersion: a write in between is a 409,
 	// and Restore re-reads instead of overwriting it.
-	_, err = pas.Update(ctx, restored, metav1.UpdateOptions{FieldManager: FieldManager, DryRun: dryRun(o.DryRun)})
+	// 429/5xx/timeouts are retried; a retried update that had landed is a
+	// 409 (stale resourceVersion), re-read as "already as before".
+	err = kuberetry.Do(ctx, func() error {
+		_, err := pas.Update(ctx, restored, metav1.UpdateOptions{FieldManager: FieldManager, DryRun: dryRun(o.DryRun)})
+		return err
+	})
 	if err != nil {
 		if apierrors.IsConflict(err) {
 			return Action{}, err
@@ -180,6 +189,21 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 		return Action{}, fmt.Errorf("restore %s: %w", obj, err)
 	}
 	return Action{Object: obj, Did: verb(o.DryRun, "restored in place (spec, labels, annotations; same UID and creation time)"), Changed: !o.DryRun, WouldChange: o.DryRun}, nil
+}
+
+// get reads one PeerAuthentication, retrying 429/5xx/timeouts.
+func get(ctx context.Context, c istio.Interface, ns, name string) (*securityv1.PeerAuthentication, error) {
+	var pa *securityv1.PeerAuthentication
+	err := kuberetry.Do(ctx, func() (err error) {
+		pa, err = c.SecurityV1().PeerAuthentications(ns).Get(ctx, name, metav1.GetOptions{})
+		return err
+	})
+	return pa, err
+}
+
+// Get is get for the executor: one PeerAuthentication, with retries.
+func Get(ctx context.Context, c istio.Interface, ns, name string) (*securityv1.PeerAuthentication, error) {
+	return get(ctx, c, ns, name)
 }
 
 // appliedSpec is the spec a stage leaves: before's spec (nil: empty) with

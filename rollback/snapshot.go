@@ -15,9 +15,12 @@ import (
 	"sort"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
 	istio "istio.io/client-go/pkg/clientset/versioned"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 )
 
 // Labels and annotations the tool puts on what it manages.
@@ -37,14 +40,22 @@ const (
 // The result is sorted by name.
 func List(ctx context.Context, c istio.Interface, namespace string) ([]*securityv1.PeerAuthentication, error) {
 	var out []*securityv1.PeerAuthentication
-	l, err := c.SecurityV1().PeerAuthentications(namespace).List(ctx, metav1.ListOptions{})
+	var l *securityv1.PeerAuthenticationList
+	err := kuberetry.Do(ctx, func() (err error) {
+		l, err = c.SecurityV1().PeerAuthentications(namespace).List(ctx, metav1.ListOptions{})
+		return err
+	})
 	switch {
 	case err == nil:
 		for i := range l.Items {
 			out = append(out, l.Items[i].DeepCopy())
 		}
 	case apierrors.IsNotFound(err):
-		lb, err2 := c.SecurityV1beta1().PeerAuthentications(namespace).List(ctx, metav1.ListOptions{})
+		var lb *securityv1beta1.PeerAuthenticationList
+		err2 := kuberetry.Do(ctx, func() (err error) {
+			lb, err = c.SecurityV1beta1().PeerAuthentications(namespace).List(ctx, metav1.ListOptions{})
+			return err
+		})
 		if err2 != nil {
 			return nil, fmt.Errorf("list PeerAuthentications in %q (v1: %v; v1beta1): %w", namespace, err, err2)
 		}

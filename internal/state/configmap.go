@@ -9,6 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 )
 
 // ConfigMap names and keys.
@@ -37,7 +39,11 @@ func (c *ConfigMapStore) where() string { return c.Namespace + "/" + c.Name }
 
 // Load reads the state; a missing ConfigMap is an empty state.
 func (c *ConfigMapStore) Load(ctx context.Context) (*State, error) {
-	cm, err := c.Client.CoreV1().ConfigMaps(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
+	var cm *corev1.ConfigMap
+	err := kuberetry.Do(ctx, func() (err error) {
+		cm, err = c.Client.CoreV1().ConfigMaps(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
+		return err
+	})
 	if apierrors.IsNotFound(err) {
 		return &State{}, nil
 	}
@@ -59,7 +65,11 @@ func (c *ConfigMapStore) Load(ctx context.Context) (*State, error) {
 func (c *ConfigMapStore) Update(ctx context.Context, fn func(*State) error) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cms := c.Client.CoreV1().ConfigMaps(c.Namespace)
-		cm, err := cms.Get(ctx, c.Name, metav1.GetOptions{})
+		var cm *corev1.ConfigMap
+		err := kuberetry.Do(ctx, func() (err error) {
+			cm, err = cms.Get(ctx, c.Name, metav1.GetOptions{})
+			return err
+		})
 		exists := err == nil
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("read migration state from ConfigMap %s: %w", c.where(), err)
@@ -89,13 +99,22 @@ func (c *ConfigMapStore) Update(ctx context.Context, fn func(*State) error) erro
 		}
 		cm.Data[Key] = string(data)
 		if exists {
-			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "mtls-migrate"})
+			// Retried on 429/5xx/timeouts only; the update carries the
+			// resourceVersion read above, so a retry of a write that did land
+			// is a 409 and goes round RetryOnConflict (re-read, fn again).
+			err = kuberetry.Do(ctx, func() error {
+				_, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "mtls-migrate"})
+				return err
+			})
 			if err != nil && !apierrors.IsConflict(err) {
 				return fmt.Errorf("write migration state to ConfigMap %s: %w", c.where(), err)
 			}
 			return err
 		}
-		_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: "mtls-migrate"})
+		err = kuberetry.Do(ctx, func() error {
+			_, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: "mtls-migrate"})
+			return err
+		})
 		if apierrors.IsAlreadyExists(err) {
 			// Another runner created it first: re-read and retry like a conflict.
 			return apierrors.NewConflict(corev1.Resource("configmaps"), c.Name, err)
