@@ -10,7 +10,7 @@
 #   4. status.
 #
 # Run it with `make demo` (which installs Prometheus and builds the
-# kube-apiserver first). Takes about 4 minutes on 2 cores.
+# kube-apiserver first). Takes about 3 minutes on 2 cores.
 # Environment: DEMO_SOAK (default 10s) is each stage's soak time;
 # DEMO_DIR keeps the sandbox's files (plan, logs) instead of a temp dir.
 set -euo pipefail
@@ -105,7 +105,7 @@ done
 
 bold "== 4. Force the blocked frontend stage (stage $FRONTEND) to see a rollback"
 say "frontend-external takes plaintext from outside the mesh. STRICT cuts it off: those requests"
-say "leave no error metric, they vanish, so the inbound-request-rate gate sees the drop."
+say "leave no error metric, they vanish: the plaintext-request-rate gate sees them go."
 say "The tool restores the namespace's PeerAuthentications by itself and exits 3."
 rc=0
 show "$M" apply --plan "$PLAN" --stage "$FRONTEND" --soak 60s --settle 2s --gate-interval 2s \
