@@ -96,12 +96,12 @@ type Result struct {
 	Notes     []string               `json:"notes,omitempty"`
 }
 
-// RefusedError: pre-flight refused the stage; nothing was touched.
+// RefusedError says pre-flight refused the stage; nothing was touched.
 type RefusedError struct{ Reason string }
 
 func (e *RefusedError) Error() string { return "refused: " + e.Reason }
 
-// RolledBackError: a probe or gate failed (or the run was interrupted) and
+// RolledBackError says a probe or gate failed (or the run was interrupted) and
 // the stage was rolled back.
 type RolledBackError struct{ Reason string }
 
@@ -109,7 +109,7 @@ func (e *RolledBackError) Error() string {
 	return "stage rolled back: " + e.Reason
 }
 
-// RollbackFailedError: the stage failed and the rollback failed or could
+// RollbackFailedError says the stage failed and the rollback failed or could
 // not be confirmed; a person must look.
 type RollbackFailedError struct {
 	Reason string
@@ -147,7 +147,7 @@ func (o *Options) defaults() {
 	}
 }
 
-// OutcomePending: a resumed stage whose change never happened was put back
+// OutcomePending means a resumed stage whose change never happened was put back
 // to pending; the next run starts it afresh.
 const OutcomePending Outcome = "pending"
 

@@ -87,7 +87,6 @@ func (w *fakeWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 	live, err := pas.Get(ctx, *cfg.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		live = &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: *cfg.Name, Namespace: *cfg.Namespace, UID: types.UID("uid-created")}}
-		err = nil
 	} else if err != nil {
 		return nil, err
 	} else {
@@ -191,7 +190,7 @@ func testPlan(updatesExisting bool, digest string) *plans.Plan {
 	}
 }
 
-func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, *fakeWriter) {
+func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, *fakeWriter) { //nolint:staticcheck // reads as Run's own (result, err) plus the fake
 	w := &fakeWriter{e: e}
 	d := Deps{
 		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),

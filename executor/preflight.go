@@ -229,16 +229,6 @@ func (r *run) precheckProbes(ctx context.Context) error {
 	if len(r.stage.Probes) == 0 {
 		return nil
 	}
-	err := r.d.Store.Update(ctx, func(s *state.State) error {
-		if s.ProbedAt == nil {
-			s.ProbedAt = map[string]time.Time{}
-		}
-		s.ProbedAt[r.stage.Namespace] = r.d.Clock.Now().UTC()
-		return nil
-	})
-	if err != nil {
-		return err
-	}
 	within := min(r.o.ProbeWithin, 10*time.Second)
 	for _, p := range r.stage.Probes {
 		want := func(o probe.Observation) bool { return probe.Satisfied(p.Expect, o) }
@@ -252,5 +242,15 @@ func (r *run) precheckProbes(ctx context.Context) error {
 			return refusef("probe %s cannot reach its target now (expected %s, got %s); re-run plan", p.Name, what, res.Observed)
 		}
 	}
-	return nil
+	// Recorded after the probes, so the next pre-flight's plaintext check
+	// starts after the last of our own plaintext requests, whatever the
+	// scrape interval; a crash before this write only makes that check
+	// stricter (it would see our probes and refuse), never laxer.
+	return r.d.Store.Update(ctx, func(s *state.State) error {
+		if s.ProbedAt == nil {
+			s.ProbedAt = map[string]time.Time{}
+		}
+		s.ProbedAt[r.stage.Namespace] = r.d.Clock.Now().UTC()
+		return nil
+	})
 }

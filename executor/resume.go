@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -77,15 +78,15 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		// someone put it back. Restoring the snapshot undoes nothing that
 		// is not ours (it refuses on a conflict).
 		r.changed = false
-		if err := r.fail(ctx, "the previous run died before its change was live", nil); IsRolledBack(err) && !anyChanged(r.res.Rollback) {
-			if perr := r.setPhase(ctx, state.Pending, "the previous run died before the change; nothing was changed; the next run starts the stage afresh", nil); perr != nil {
-				return r.res, perr
-			}
-			r.res.Outcome = OutcomePending
-			return r.res, nil
-		} else {
+		err := r.fail(ctx, "the previous run died before its change was live", nil)
+		if !IsRolledBack(err) || anyChanged(r.res.Rollback) {
 			return r.res, err
 		}
+		if perr := r.setPhase(ctx, state.Pending, "the previous run died before the change; nothing was changed; the next run starts the stage afresh", nil); perr != nil {
+			return r.res, perr
+		}
+		r.res.Outcome = OutcomePending
+		return r.res, nil
 	}
 
 	// The change is live: verify it as a fresh run would, against the
@@ -153,6 +154,6 @@ func anyChanged(reps []rollback.StageReport) bool {
 
 // IsRolledBack reports whether err says the stage was rolled back.
 func IsRolledBack(err error) bool {
-	_, ok := err.(*RolledBackError)
-	return ok
+	var rb *RolledBackError
+	return errors.As(err, &rb)
 }

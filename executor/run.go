@@ -171,7 +171,7 @@ func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.Pe
 	name := r.stage.Policy.Metadata.Name
 	live, err := rollback.Get(ctx, r.d.Istio, r.stage.Namespace, name)
 	if err != nil && !apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after a conflict (%v): %w", r.stage.Namespace, name, conflict, err)
+		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after a conflict (%w): %w", r.stage.Namespace, name, conflict, err)
 	}
 	if err == nil && r.target != nil && live.UID == r.target.UID &&
 		proto.Equal(&live.Spec, rollback.AppliedSpec(&r.target.Spec, string(r.stage.TargetMode))) &&

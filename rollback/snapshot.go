@@ -57,7 +57,7 @@ func List(ctx context.Context, c istio.Interface, namespace string) ([]*security
 			return err
 		})
 		if err2 != nil {
-			return nil, fmt.Errorf("list PeerAuthentications in %q (v1: %v; v1beta1): %w", namespace, err, err2)
+			return nil, fmt.Errorf("list PeerAuthentications in %q (v1: %w; v1beta1): %w", namespace, err, err2)
 		}
 		for i := range lb.Items {
 			pa := &securityv1.PeerAuthentication{ObjectMeta: *lb.Items[i].ObjectMeta.DeepCopy()}
