@@ -2,6 +2,7 @@ package planner
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -322,7 +323,7 @@ func (e *env) workloads(ns string) []*workload {
 		}
 		w.pods = append(w.pods, p)
 		for _, cp := range p.Ports {
-			if !containsU32(w.ports, uint32(cp.Port)) {
+			if !slices.Contains(w.ports, uint32(cp.Port)) {
 				w.ports = append(w.ports, uint32(cp.Port))
 			}
 		}
@@ -333,15 +334,6 @@ func (e *env) workloads(ns string) []*workload {
 		sort.Slice(w.ports, func(i, j int) bool { return w.ports[i] < w.ports[j] })
 	}
 	return out
-}
-
-func containsU32(s []uint32, v uint32) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // modeChanges records each workload (and port) whose effective mode before

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
@@ -249,7 +250,7 @@ func overrides(res *mtlsmode.Resolver, ns string, pods []*inventory.Pod, nsMode 
 			names = append(names, p.Workload)
 		}
 		for _, cp := range p.Ports {
-			if !containsU32(w.ports, uint32(cp.Port)) {
+			if !slices.Contains(w.ports, uint32(cp.Port)) {
 				w.ports = append(w.ports, uint32(cp.Port))
 			}
 		}
@@ -279,15 +280,6 @@ func overrides(res *mtlsmode.Resolver, ns string, pods []*inventory.Pod, nsMode 
 		}
 	}
 	return out
-}
-
-func containsU32(s []uint32, v uint32) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // stagesByNamespace reads the state and picks, per namespace, the stage to

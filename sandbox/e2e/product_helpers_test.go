@@ -125,8 +125,16 @@ func tail(s string, n int) string {
 // could not run at all.
 func (p *product) run(ctx context.Context, args ...string) result {
 	p.t.Helper()
-	args = append(args, "--kubeconfig", p.s.KubeconfigPath(), "--prometheus-url", p.s.PrometheusURL())
+	return p.runWith(ctx, p.s.KubeconfigPath(), args...)
+}
+
+// runWith runs the binary with the given kubeconfig and no ambient one
+// ($KUBECONFIG emptied), so a test sees exactly those credentials.
+func (p *product) runWith(ctx context.Context, kubeconfig string, args ...string) result {
+	p.t.Helper()
+	args = append(args, "--kubeconfig", kubeconfig, "--prometheus-url", p.s.PrometheusURL())
 	cmd := exec.CommandContext(ctx, p.bin, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG=")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	began := time.Now()

@@ -274,24 +274,7 @@ func serviceAccountKubeconfig(ctx context.Context, t *testing.T, s *sandbox.Sand
 // runAs runs the binary with kubeconfig instead of the sandbox's admin one.
 func runAs(t *testing.T, p *product, kubeconfig string, args ...string) result {
 	t.Helper()
-	args = append(args, "--kubeconfig", kubeconfig, "--prometheus-url", p.s.PrometheusURL())
-	cmd := exec.Command(p.bin, args...)
-	// No ambient credentials: only the kubeconfig given.
-	cmd.Env = append(os.Environ(), "KUBECONFIG=")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	began := time.Now()
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(began)}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("run mtls-migrate %s: %v", strings.Join(args, " "), err)
-	}
-	return r
+	return p.runWith(context.Background(), kubeconfig, args...)
 }
 
 // noForbidden fails the test when a command got past a missing permission
