@@ -1,124 +1,375 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"reflect"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/sandbox"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/dataplane"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/scenario"
 )
 
-// stagePhase reads the stage's phase from the state ConfigMap, as the next
-// runner would.
-func stagePhase(kc kubernetes.Interface, digest string, n int) (state.Phase, bool) {
+// stageState reads the stage's record from the state ConfigMap, as the next
+// runner would; nil when there is none.
+func stageState(kc kubernetes.Interface, digest string, n int) *state.StageState {
 	cm, err := kc.CoreV1().ConfigMaps(stateNamespace).Get(context.Background(), state.ConfigMapName, metav1.GetOptions{})
 	if err != nil {
-		return "", false
+		return nil
 	}
+	return stageOfConfigMap(cm, digest, n)
+}
+
+// stagePhase is the stage's phase in the state, and whether the apply's
+// target UID is recorded.
+func stagePhase(kc kubernetes.Interface, digest string, n int) (state.Phase, bool) {
+	ss := stageState(kc, digest, n)
+	return phaseOf(ss), ss != nil && ss.Target != nil && ss.Target.UID != ""
+}
+
+func stageOfConfigMap(cm *corev1.ConfigMap, digest string, n int) *state.StageState {
 	var st state.State
 	if json.Unmarshal([]byte(cm.Data[state.Key]), &st) != nil || st.Plan(digest) == nil || st.Plan(digest).Stage(n) == nil {
-		return "", false
+		return nil
 	}
-	ss := st.Plan(digest).Stage(n)
-	return ss.Phase, ss.Target != nil && ss.Target.UID != ""
+	return st.Plan(digest).Stage(n)
+}
+
+func phaseOf(ss *state.StageState) state.Phase {
+	if ss == nil {
+		return ""
+	}
+	return ss.Phase
+}
+
+// watchStage sends the stage's record on every write to the state
+// ConfigMap after resourceVersion rv (a watch, not a poll: a phase held for
+// one API call, like rolling-back, is not missed).
+func watchStage(ctx context.Context, t *testing.T, kc kubernetes.Interface, rv, digest string, n int) <-chan *state.StageState {
+	t.Helper()
+	w, err := kc.CoreV1().ConfigMaps(stateNamespace).Watch(ctx, metav1.ListOptions{
+		FieldSelector: "metadata.name=" + state.ConfigMapName, ResourceVersion: rv,
+	})
+	if err != nil {
+		t.Fatalf("watch the state ConfigMap: %v", err)
+	}
+	out := make(chan *state.StageState, 64)
+	go func() {
+		defer w.Stop()
+		defer close(out)
+		for ev := range w.ResultChan() {
+			cm, ok := ev.Object.(*corev1.ConfigMap)
+			if !ok || (ev.Type != watch.Added && ev.Type != watch.Modified) {
+				continue
+			}
+			if ss := stageOfConfigMap(cm, digest, n); ss != nil {
+				select {
+				case out <- ss:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// lineWatcher is a process's stderr: it keeps everything and reports the
+// first line containing match.
+type lineWatcher struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	part  string
+	match string
+	hit   chan string
+}
+
+func (l *lineWatcher) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(b)
+	l.part += string(b)
+	for {
+		i := strings.IndexByte(l.part, '\n')
+		if i < 0 {
+			break
+		}
+		line := l.part[:i]
+		l.part = l.part[i+1:]
+		if l.match != "" && strings.Contains(line, l.match) {
+			select {
+			case l.hit <- line:
+			default:
+			}
+		}
+	}
+	return len(b), nil
+}
+
+func (l *lineWatcher) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// liveModes maps each PeerAuthentication of ns to its namespace-wide mTLS
+// mode.
+func liveModes(t *testing.T, s *sandbox.Sandbox, ns string) map[string]string {
+	t.Helper()
+	list, err := dyn(t, s).Resource(dataplane.PeerAuthenticationGVR).Namespace(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("list PeerAuthentications in %s: %v", ns, err)
+	}
+	out := map[string]string{}
+	for _, u := range list.Items {
+		mode, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "mode")
+		out[u.GetName()] = mode
+	}
+	return out
+}
+
+// eventually retries check for up to d; it returns the last failure ("" on
+// success).
+func eventually(d time.Duration, check func() string) string {
+	deadline := time.Now().Add(d)
+	for {
+		why := check()
+		if why == "" || time.Now().After(deadline) {
+			return why
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // TestE2ECrashedRunIsResumed kills `apply` with SIGKILL at each step of a
-// stage it can be caught at by polling the state (after the apply, during
-// the probes/settle, during the soak, during the rollback), then runs
-// `apply --next`: the stage must end done with healthy flows, or rolled back
-// with the PeerAuthentications exactly as before.
+// stage the issue names (after the snapshot, after the apply, during the
+// probes, during the soak, during the rollback), then runs `apply --next`
+// as the next scheduled run would. Every time, the stage must end either
+// done with STRICT enforced and healthy flows, or rolled back (or back to
+// pending) with the namespace's PeerAuthentications exactly as before —
+// never STRICT left with the stage not done. The cases share one sandbox
+// and are reset between them with `mtls-migrate rollback`.
+//
+// The scenario is trap-existing-policy without its sidecar-less auditor and
+// with a meshed flow into storefront, so both namespaces receive mTLS
+// traffic only: inventory (a pre-existing namespace-wide policy,
+// legacy-permissive, patched in place) can be taken STRICT healthily, and
+// storefront (a policy the stage creates) carries a plan gate that always
+// fails (vector(1) >= 2), which forces its rollback.
 func TestE2ECrashedRunIsResumed(t *testing.T) {
-	s := startScenario(t, "trap-existing-policy.yaml", nil)
+	s := startScenario(t, "trap-existing-policy.yaml", func(scn *scenario.Scenario) {
+		flows := scn.Flows[:0]
+		for _, f := range scn.Flows {
+			if f.Name != "auditor-inventory" {
+				flows = append(flows, f)
+			}
+		}
+		scn.Flows = append(flows, scenario.Flow{Name: "inventory-storefront", From: "inventory/inventory", To: "storefront.storefront:80", Rate: 2})
+	})
 	createStateNamespace(t, s)
 	p := &product{t: t, bin: buildProduct(t), s: s}
 	waitTelemetry(t, s, 10*time.Second)
 	plan, planPath := p.plan(t.TempDir())
-	digest, err := plans.Digest(plan)
+	inventory, ok := stageOf(plan, "inventory")
+	if !ok || inventory.Status == plans.StatusBlocked {
+		t.Fatalf("inventory has no ready stage (risks %v)", codes(inventory))
+	}
+	storefront, ok := stageOf(plan, "storefront")
+	if !ok || storefront.Status == plans.StatusBlocked {
+		t.Fatalf("storefront has no ready stage (risks %v)", codes(storefront))
+	}
+	for i := range plan.Stages {
+		if plan.Stages[i].Number == storefront.Number {
+			plan.Stages[i].Gates = append(plan.Stages[i].Gates, plans.Gate{
+				Name: "always-fails", Query: "vector(1)", Comparison: plans.GreaterOrEqual, Threshold: 2,
+			})
+		}
+	}
+	if err := plans.SaveFile(planPath, plan); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := plans.LoadFile(planPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stage *plans.Stage
-	for i := range plan.Stages {
-		if plan.Stages[i].Status != plans.StatusBlocked {
-			stage = &plan.Stages[i]
-			break
-		}
-	}
-	if stage == nil {
-		t.Fatal("the plan has no ready stage")
+	digest, err := plans.Digest(saved)
+	if err != nil {
+		t.Fatal(err)
 	}
 	kc := kubernetes.NewForConfigOrDie(s.RESTConfig())
-	before := policies(t, s, stage.Namespace)
-	flags := []string{"--lock-ttl", "4s", "--probe-retry", "10s"}
-
-	killPoints := []struct {
-		name string
-		at   func(state.Phase, bool) bool
-	}{
-		{"after the apply", func(ph state.Phase, applied bool) bool { return ph == state.Applying && applied }},
-		{"during the soak", func(ph state.Phase, _ bool) bool { return ph == state.Soaking }},
+	before := map[string]map[string]policySnapshot{
+		"inventory":  policies(t, s, "inventory"),
+		"storefront": policies(t, s, "storefront"),
 	}
+	t.Logf("PeerAuthentications before: %+v", before)
+	common := []string{"--plan", planPath, "--state-namespace", stateNamespace, "--soak", "12s", "--settle", "3s",
+		"--gate-interval", "2s", "--lock-ttl", "4s", "--probe-retry", "10s"}
+
+	type killPoint struct {
+		name  string
+		stage plans.Stage
+		// The run is killed at the first state write atState accepts, or
+		// at the first stderr line containing atLog.
+		atState func(*state.StageState) bool
+		atLog   string
+	}
+	killPoints := []killPoint{
+		{name: "after the snapshot", stage: inventory,
+			atState: func(ss *state.StageState) bool { return ss.Phase == state.Applying }},
+		{name: "after the apply", stage: inventory,
+			atState: func(ss *state.StageState) bool {
+				return ss.Phase == state.Applying && ss.Target != nil && ss.Target.UID != ""
+			}},
+		{name: "during the probes", stage: inventory, atLog: "step=probes"},
+		{name: "during the soak", stage: inventory,
+			atState: func(ss *state.StageState) bool { return ss.Phase == state.Soaking }},
+		{name: "during the rollback (state rolling-back)", stage: storefront,
+			atState: func(ss *state.StageState) bool {
+				return ss.Phase == state.RollingBack || ss.Phase == state.RolledBack
+			}},
+		{name: "during the rollback (failing gate logged)", stage: storefront, atLog: "step=rollback"},
+	}
+	outcomes := make([]string, 0, len(killPoints))
 	for _, kp := range killPoints {
+		ns, n := kp.stage.Namespace, kp.stage.Number
 		t.Run(kp.name, func(t *testing.T) {
-			args := append(applyArgs(planPath, stage.Number, 20*time.Second, flags...), "--kubeconfig", s.KubeconfigPath(), "--prometheus-url", s.PrometheusURL())
+			s.ResetFlowStats()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			rv := ""
+			if cm, err := kc.CoreV1().ConfigMaps(stateNamespace).Get(ctx, state.ConfigMapName, metav1.GetOptions{}); err == nil {
+				rv = cm.ResourceVersion
+			}
+			events := watchStage(ctx, t, kc, rv, digest, n)
+
+			args := append([]string{"apply", "--stage", itoa(n)}, common...)
+			args = append(args, "--kubeconfig", s.KubeconfigPath(), "--prometheus-url", s.PrometheusURL())
 			cmd := exec.Command(p.bin, args...)
+			stderr := &lineWatcher{match: kp.atLog, hit: make(chan string, 1)}
+			var stdout bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(90 * time.Second)
-			killed := false
-			for time.Now().Before(deadline) {
-				if ph, applied := stagePhase(kc, digest, stage.Number); kp.at(ph, applied) {
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+
+			var why string
+			timeout := time.After(90 * time.Second)
+		wait:
+			for {
+				select {
+				case ss, ok := <-events:
+					if !ok {
+						events = nil // the watch ended; the stderr trigger or the timeout remain
+						continue
+					}
+					if kp.atState != nil && kp.atState(ss) {
+						_ = cmd.Process.Signal(syscall.SIGKILL)
+						why = fmt.Sprintf("state write seen: phase %s, target UID recorded %v", ss.Phase, ss.Target != nil && ss.Target.UID != "")
+						break wait
+					}
+				case line := <-stderr.hit:
 					_ = cmd.Process.Signal(syscall.SIGKILL)
-					killed = true
-					break
+					why = "stderr line seen: " + line
+					break wait
+				case err := <-exited:
+					t.Fatalf("the run ended (%v) before %s\n--- stdout\n%s--- stderr\n%s", err, kp.name, stdout.String(), tail(stderr.String(), 40))
+				case <-timeout:
+					_ = cmd.Process.Signal(syscall.SIGKILL)
+					<-exited
+					t.Fatalf("the stage never reached %s\n--- stderr\n%s", kp.name, tail(stderr.String(), 40))
 				}
-				time.Sleep(100 * time.Millisecond)
 			}
-			_ = cmd.Wait()
-			if !killed {
-				t.Fatalf("the stage never reached %s", kp.name)
-			}
-			ph, _ := stagePhase(kc, digest, stage.Number)
-			t.Logf("killed %s; state says %s", kp.name, ph)
+			<-exited
+			left := stageState(kc, digest, n)
+			t.Logf("KILLED %s: %s; state left %s; live PeerAuthentications %v", kp.name, why, phaseOf(left), liveModes(t, s, ns))
+			t.Logf("killed run's stderr (tail):\n%s", tail(stderr.String(), 6))
 
 			// The next scheduled run: it waits out the dead runner's lock.
 			var r result
 			for i := 0; i < 10; i++ {
-				r = p.run(context.Background(), "apply", "--plan", planPath, "--next", "--state-namespace", stateNamespace,
-					"--settle", "2s", "--gate-interval", "2s", "--soak", "20s", "--lock-ttl", "4s", "--probe-retry", "10s")
+				r = p.run(ctx, append([]string{"apply", "--next"}, common...)...)
 				if r.code != 5 {
 					break
 				}
 				time.Sleep(2 * time.Second)
 			}
 			t.Logf("resume run: %s", r)
-			ph, _ = stagePhase(kc, digest, stage.Number)
+			ph := phaseOf(stageState(kc, digest, n))
+			modes := liveModes(t, s, ns)
 			switch {
 			case r.code == 0 && ph == state.Done:
-				if f := failures(s); len(f) > 0 {
-					t.Logf("flow failures (ground truth): %v", f)
+				if why := eventually(10*time.Second, func() string {
+					for w, ports := range workloadPorts(s, ns) {
+						for _, port := range ports {
+							if out := s.ProbePod(ctx, ns, w, port, false); out == dataplane.OutcomeSuccess {
+								return fmt.Sprintf("%s/%s:%d accepts plaintext", ns, w, port)
+							}
+							if out := s.ProbePod(ctx, ns, w, port, true); out != dataplane.OutcomeSuccess {
+								return fmt.Sprintf("%s/%s:%d refuses mTLS: %s", ns, w, port, out)
+							}
+						}
+					}
+					return ""
+				}); why != "" {
+					t.Errorf("stage done but not STRICT in the data plane: %s", why)
 				}
+				if f := failures(s); len(f) > 0 {
+					t.Errorf("stage done but mTLS flows failed during the case (ground truth): %v", f)
+				}
+				outcomes = append(outcomes, kp.name+": done (STRICT enforced, flows healthy), reset with rollback")
 				// Put it back for the next kill point.
-				if rb := p.run(context.Background(), "rollback", "--plan", planPath, "--stage", itoa(stage.Number), "--state-namespace", stateNamespace); rb.code != 0 {
+				if rb := p.run(ctx, "rollback", "--plan", planPath, "--stage", itoa(n), "--state-namespace", stateNamespace); rb.code != 0 {
 					t.Fatalf("rollback: %s", rb)
 				}
-			case r.code == 3 && ph == state.RolledBack:
+			case (r.code == exitRolledBack && ph == state.RolledBack) || (r.code == 0 && ph == state.Pending):
+				for name, mode := range modes {
+					if mode == "STRICT" {
+						t.Errorf("PeerAuthentication %s/%s is STRICT while the stage is %s", ns, name, ph)
+					}
+				}
+				if why := eventually(10*time.Second, func() string {
+					for w, ports := range workloadPorts(s, ns) {
+						for _, port := range ports {
+							if out := s.ProbePod(ctx, ns, w, port, false); out != dataplane.OutcomeSuccess {
+								return fmt.Sprintf("%s/%s:%d refuses plaintext: %s", ns, w, port, out)
+							}
+						}
+					}
+					return ""
+				}); why != "" {
+					t.Errorf("stage %s but plaintext is not accepted again: %s", ph, why)
+				}
+				if f := failures(s); len(f) > 0 {
+					t.Logf("flow failures during the case (ground truth): %v", f)
+				}
+				outcomes = append(outcomes, fmt.Sprintf("%s: %s (exit %d), PeerAuthentications as before", kp.name, ph, r.code))
 			default:
-				t.Fatalf("after the resume: exit %d, phase %s", r.code, ph)
+				t.Fatalf("after the resume: exit %d, phase %s, live PeerAuthentications %v", r.code, ph, modes)
 			}
-			if got := policies(t, s, stage.Namespace); !reflect.DeepEqual(got, before) {
-				t.Fatalf("PeerAuthentications not as before:\n got %+v\nwant %+v", got, before)
+			for pns, want := range before {
+				if got := policies(t, s, pns); !reflect.DeepEqual(got, want) {
+					t.Fatalf("PeerAuthentications of %s not as before:\n got %+v\nwant %+v", pns, got, want)
+				}
 			}
 		})
 	}
+	t.Logf("kill points:\n  %s", strings.Join(outcomes, "\n  "))
 }
