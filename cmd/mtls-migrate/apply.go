@@ -72,15 +72,7 @@ the snapshot by itself and exits 3.`,
   mtls-migrate apply --plan configmap:mtls-migrate/mtls-migrate-plan/plan.yaml --next \
     --allowed-window "Mon-Fri 09:00-16:00 Europe/Berlin"`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			if runF != nil {
-				return runF(o)
-			}
-			return o.Run(cmd)
-		},
+		RunE: runE(o, runF),
 	}
 	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the reviewed plan: a file, or configmap:NAMESPACE/NAME/KEY (what a scheduled Job runs)")
 	cmd.Flags().IntVar(&o.Stage, "stage", 0, "the stage number to apply")
@@ -113,10 +105,8 @@ func (o *applyOptions) Validate() error {
 	if o.Stage < 0 {
 		return cli.Usagef("--stage must be a stage number from the plan (1..n)")
 	}
-	switch o.DryRun {
-	case "none", "server":
-	default:
-		return cli.Usagef(`--dry-run must be "none" or "server", got %q`, o.DryRun)
+	if err := validateDryRun(o.DryRun); err != nil {
+		return err
 	}
 	if o.Soak < 0 {
 		return cli.Usagef("--soak must not be negative")

@@ -31,17 +31,11 @@ func TestApplyFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			var got *applyOptions
-			f := &factory{streams: genericiooptions.IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}}
-			cmd := newApplyCmd(f, func(o *applyOptions) error { got = o; return nil })
-			cmd.SetArgs(tt.args)
-			cmd.SetOut(&bytes.Buffer{})
-			cmd.SetErr(&bytes.Buffer{})
-			err := cmd.Execute()
+			got, ran, err := parseCommand(t, newApplyCmd, tt.args)
 			if cli.Code(err) != tt.code {
 				t.Fatalf("exit %d (%v), want %d", cli.Code(err), err, tt.code)
 			}
-			if tt.code == 0 && (got == nil || got.StateNamespace != state.DefaultNamespace || got.GateInterval.Seconds() != 10) {
+			if tt.code == 0 && (!ran || got.StateNamespace != state.DefaultNamespace || got.GateInterval.Seconds() != 10) {
 				t.Fatalf("defaults not set: %+v", got)
 			}
 		})

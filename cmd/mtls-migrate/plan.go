@@ -50,18 +50,7 @@ risks and fixes. Nothing in the cluster changes.`,
   # Only two namespaces, short gate windows (a demo with 1s scrapes)
   mtls-migrate plan --namespaces cart,checkout --gate-window 10s -o yaml`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			if runF != nil {
-				return runF(o)
-			}
-			return o.Run(cmd)
-		},
+		RunE: runE(o, runF),
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.windowRaw, "window", "7d", "telemetry window to read (long enough to see weekly jobs)")

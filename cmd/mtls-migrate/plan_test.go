@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 
-	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
@@ -47,18 +46,11 @@ func TestPlanFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			var got *planOptions
-			f := &factory{streams: genericiooptions.IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}}
-			cmd := newPlanCmd(f, func(o *planOptions) error { got = o; return nil })
-			cmd.SetArgs(tt.args)
-			cmd.SetOut(&bytes.Buffer{})
-			cmd.SetErr(&bytes.Buffer{})
-			cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.WithCode(cli.ExitUsage, err) })
-			err := cmd.Execute()
+			got, ran, err := parseCommand(t, newPlanCmd, tt.args)
 			if cli.Code(err) != tt.code {
 				t.Fatalf("exit %d (%v), want %d", cli.Code(err), err, tt.code)
 			}
-			if tt.check != nil && (got == nil || !tt.check(got)) {
+			if tt.check != nil && (!ran || !tt.check(got)) {
 				t.Fatalf("options = %+v", got)
 			}
 		})

@@ -40,15 +40,7 @@ A second run changes nothing and says so.`,
   # Undo every applied stage, latest first
   mtls-migrate rollback --plan plan.yaml --all`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			if runF != nil {
-				return runF(o)
-			}
-			return o.Run(cmd)
-		},
+		RunE: runE(o, runF),
 	}
 	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the plan whose stages to roll back")
 	cmd.Flags().IntVar(&o.Stage, "stage", 0, "the stage number to roll back")
@@ -70,10 +62,8 @@ func (o *rollbackOptions) Validate() error {
 	if o.Stage < 0 {
 		return cli.Usagef("--stage must be a stage number from the plan (1..n)")
 	}
-	switch o.DryRun {
-	case "none", "server":
-	default:
-		return cli.Usagef(`--dry-run must be "none" or "server", got %q`, o.DryRun)
+	if err := validateDryRun(o.DryRun); err != nil {
+		return err
 	}
 	if o.StateNamespace == "" {
 		return cli.Usagef("--state-namespace must not be empty")

@@ -88,6 +88,42 @@ Exit codes: 0 done; 1 error; 2 bad usage or invalid input (nothing touched);
 	return cmd
 }
 
+// commandOptions is kubectl's Options pattern: Validate rejects bad input
+// before anything is contacted; Run does the work. Options that need derived
+// values also implement Complete, called first.
+type commandOptions interface {
+	Validate() error
+	Run(cmd *cobra.Command) error
+}
+
+// runE is every command's RunE: Complete (if any), Validate, then runF when a
+// test passes one (flag parsing tested apart from behaviour), else Run.
+func runE[O commandOptions](o O, runF func(O) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if c, ok := any(o).(interface{ Complete() error }); ok {
+			if err := c.Complete(); err != nil {
+				return err
+			}
+		}
+		if err := o.Validate(); err != nil {
+			return err
+		}
+		if runF != nil {
+			return runF(o)
+		}
+		return o.Run(cmd)
+	}
+}
+
+// validateDryRun checks a --dry-run value ("none" or "server", as kubectl).
+func validateDryRun(v string) error {
+	switch v {
+	case "none", "server":
+		return nil
+	}
+	return cli.Usagef(`--dry-run must be "none" or "server", got %q`, v)
+}
+
 // usageArgs makes argument errors (an unexpected positional argument) exit
 // with the usage code, like flag errors: nothing was touched.
 func usageArgs(c *cobra.Command) {

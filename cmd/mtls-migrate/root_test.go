@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
@@ -19,6 +21,21 @@ func runRoot(t *testing.T, args ...string) (string, error) {
 	cmd.SetErr(&errOut)
 	err := cmd.Execute()
 	return out.String() + errOut.String(), err
+}
+
+// parseCommand builds a command with a runF that captures its options and
+// runs it on args: flag parsing and validation, apart from behaviour. Flag
+// errors map to the usage code as they do under the root command. ran says
+// whether validation passed and runF was reached.
+func parseCommand[O any](t *testing.T, newCmd func(*factory, func(O) error) *cobra.Command, args []string) (got O, ran bool, err error) {
+	t.Helper()
+	f := &factory{streams: genericiooptions.IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}}
+	cmd := newCmd(f, func(o O) error { got, ran = o, true; return nil })
+	cmd.SetArgs(args)
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.WithCode(cli.ExitUsage, err) })
+	return got, ran, cmd.Execute()
 }
 
 func TestHelpListsTheFourCommands(t *testing.T) {

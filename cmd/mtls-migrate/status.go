@@ -48,15 +48,7 @@ accepted into it. Prometheus is optional: without it the rate is "unknown"
 		Example: `  mtls-migrate status --plan plan.yaml
   mtls-migrate status -o json | jq '.namespaces[] | select(.mode != "STRICT")'`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			if runF != nil {
-				return runF(o)
-			}
-			return o.Run(cmd)
-		},
+		RunE: runE(o, runF),
 	}
 	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the plan being executed (optional: shows its record and its stages not started yet)")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.OutputTable, "output format: table, yaml or json")

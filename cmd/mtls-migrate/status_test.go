@@ -11,7 +11,6 @@ import (
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
-	"github.com/spf13/cobra"
 	apisecurity "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
@@ -46,18 +45,11 @@ func TestStatusFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			var got *statusOptions
-			f := &factory{streams: genericiooptions.IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}}
-			cmd := newStatusCmd(f, func(o *statusOptions) error { got = o; return nil })
-			cmd.SetArgs(tt.args)
-			cmd.SetOut(&bytes.Buffer{})
-			cmd.SetErr(&bytes.Buffer{})
-			cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.WithCode(cli.ExitUsage, err) })
-			err := cmd.Execute()
+			got, ran, err := parseCommand(t, newStatusCmd, tt.args)
 			if cli.Code(err) != tt.code {
 				t.Fatalf("exit %d (%v), want %d", cli.Code(err), err, tt.code)
 			}
-			if tt.check != nil && (got == nil || !tt.check(got)) {
+			if tt.check != nil && (!ran || !tt.check(got)) {
 				t.Fatalf("options = %+v", got)
 			}
 		})
