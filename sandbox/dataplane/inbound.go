@@ -68,6 +68,12 @@ func reset(c net.Conn) {
 
 // serveInbound accepts connections on one container port of a pod.
 func (d *DataPlane) serveInbound(p *Pod, port int, ln net.Listener) {
+	d.acceptLoop(ln, func(c net.Conn) { d.handleInbound(p, port, c) })
+}
+
+// acceptLoop hands each connection of ln to handle in its own goroutine,
+// tracked by the data plane's WaitGroup, until the listener closes.
+func (d *DataPlane) acceptLoop(ln net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -76,7 +82,7 @@ func (d *DataPlane) serveInbound(p *Pod, port int, ln net.Listener) {
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			d.handleInbound(p, port, c)
+			handle(c)
 		}()
 	}
 }

@@ -16,17 +16,7 @@ import (
 // like kube-proxy's DNAT. Unlike DNAT, the proxy has already accepted the
 // connection, so a refused or reset upstream shows up as a reset here.
 func (d *DataPlane) serveKubeProxy(s *Service, sp scenario.ServicePort, ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			d.proxy(s, sp, c)
-		}()
-	}
+	d.acceptLoop(ln, func(c net.Conn) { d.proxy(s, sp, c) })
 }
 
 func (d *DataPlane) proxy(s *Service, sp scenario.ServicePort, c net.Conn) {
