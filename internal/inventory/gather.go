@@ -45,31 +45,55 @@ type Clients struct {
 	Dynamic dynamic.Interface
 }
 
-// Gather reads the inventory. Every list is cluster-wide (one call per kind,
-// paged), so the number of API calls does not grow with the mesh.
+// gatherStep reads one kind into the inventory.
+type gatherStep struct {
+	what string
+	fn   func(context.Context, Clients, *Inventory) error
+}
+
+// Steps that effective modes need: the mesh config (read first), namespaces,
+// pods and PeerAuthentications.
+var modeSteps = []gatherStep{
+	{"namespaces", listNamespaces},
+	{"pods", listPods},
+	{"PeerAuthentications", listPeerAuthentications},
+}
+
+// Steps only the planner's risk checks need.
+var riskSteps = []gatherStep{
+	{"services", listServices},
+	{"statefulsets", listStatefulSets},
+	{"cronjobs", listCronJobs},
+	{"DestinationRules", listDestinationRules},
+	{"Gateways and VirtualServices", listRouting},
+	{"admission webhooks", listWebhooks},
+	{"APIServices and CRD conversion webhooks", listAggregated},
+}
+
+// Gather reads the whole inventory the planner decides on. Every list is
+// cluster-wide (one call per kind, paged), so the number of API calls does
+// not grow with the mesh.
 func Gather(ctx context.Context, c Clients) (*Inventory, error) {
+	return gather(ctx, c, modeSteps, riskSteps)
+}
+
+// GatherModes reads only what effective modes need (mesh config,
+// namespaces, pods, PeerAuthentications): `status` uses it, so it needs
+// neither the planner's other reads nor their RBAC.
+func GatherModes(ctx context.Context, c Clients) (*Inventory, error) {
+	return gather(ctx, c, modeSteps)
+}
+
+func gather(ctx context.Context, c Clients, stepLists ...[]gatherStep) (*Inventory, error) {
 	inv := &Inventory{}
 	if err := readMeshConfig(ctx, c.Kube, inv); err != nil {
 		return nil, err
 	}
-	steps := []struct {
-		what string
-		fn   func(context.Context, Clients, *Inventory) error
-	}{
-		{"namespaces", listNamespaces},
-		{"pods", listPods},
-		{"services", listServices},
-		{"statefulsets", listStatefulSets},
-		{"cronjobs", listCronJobs},
-		{"PeerAuthentications", listPeerAuthentications},
-		{"DestinationRules", listDestinationRules},
-		{"Gateways and VirtualServices", listRouting},
-		{"admission webhooks", listWebhooks},
-		{"APIServices and CRD conversion webhooks", listAggregated},
-	}
-	for _, s := range steps {
-		if err := s.fn(ctx, c, inv); err != nil {
-			return nil, fmt.Errorf("read %s: %w", s.what, err)
+	for _, steps := range stepLists {
+		for _, s := range steps {
+			if err := s.fn(ctx, c, inv); err != nil {
+				return nil, fmt.Errorf("read %s: %w", s.what, err)
+			}
 		}
 	}
 	return inv, nil

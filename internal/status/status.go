@@ -151,7 +151,7 @@ func Build(ctx context.Context, in Inputs) (*Report, error) {
 	if in.Now != nil {
 		now = in.Now
 	}
-	inv, err := inventory.Gather(ctx, inventory.Clients{Kube: in.Kube, Istio: in.Istio})
+	inv, err := inventory.GatherModes(ctx, inventory.Clients{Kube: in.Kube, Istio: in.Istio})
 	if err != nil {
 		return nil, fmt.Errorf("read the cluster state: %w", err)
 	}
