@@ -4,19 +4,22 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 GO ?= go
 
-.PHONY: demo test setup lint unit e2e bench build clean
+.PHONY: demo test setup sandbox-deps lint unit e2e bench build clean
 
-## demo: install what is needed, start the sandbox and run a whole Online Boutique migration.
-demo: setup
+## demo: install what the sandbox needs, start it and run a whole Online Boutique migration.
+demo: sandbox-deps
 	bash scripts/demo.sh
 
 ## test: install what is needed, then lint, unit tests (race detector) and end-to-end tests in the sandbox.
 test: setup lint unit e2e
 
-## setup: Prometheus (Debian package), kube-apiserver built from source, golangci-lint; all cached.
-setup:
+## sandbox-deps: Prometheus (Debian package) and kube-apiserver built from source, cached.
+sandbox-deps:
 	bash scripts/install-prometheus.sh
 	bash scripts/build-kube-apiserver.sh >/dev/null
+
+## setup: the sandbox's dependencies and golangci-lint (pinned, cached).
+setup: sandbox-deps
 	bash scripts/install-tools.sh >/dev/null
 
 ## lint: gofmt, go vet and golangci-lint on both modules.
