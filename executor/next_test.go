@@ -26,7 +26,7 @@ func TestPickNext(t *testing.T) {
 		s := &state.State{}
 		r := s.EnsurePlan("p", "d", t0)
 		for i, ph := range phases {
-			r.EnsureStage(i+1, p.Stages[i].Namespace).SetPhase(ph, t0, "gate success-rate failed")
+			seedPhase(r.EnsureStage(i+1, p.Stages[i].Namespace), ph, t0, "gate success-rate failed")
 		}
 		return s
 	}
@@ -81,7 +81,7 @@ func TestCarryOverKeepsDoneStagesAndTheirSnapshots(t *testing.T) {
 	st.TargetMode = "STRICT"
 	st.Snapshot = nil
 	st.Target = &state.Target{Name: "default", Mode: "STRICT"}
-	st.SetPhase(state.Done, t0, "")
+	seedPhase(st, state.Done, t0, "")
 	p := threeStages()
 	p.Stages[0].Number, p.Stages[1].Number = 2, 1 // cart is now stage 2
 	p.Stages[0], p.Stages[1] = p.Stages[1], p.Stages[0]

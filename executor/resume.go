@@ -12,7 +12,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
-	"github.com/mtls-migrate/mtls-migrate/plans"
 	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
@@ -48,16 +47,13 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		return nil, fmt.Errorf("resume: stage %d of plan %s is not in the migration state", o.Stage, o.PlanDigest)
 	}
 	ss := rec.Stage(o.Stage)
-	stage := &plans.Stage{Number: ss.Number, Namespace: ss.Namespace}
-	planKnown := o.Plan != nil
-	if planKnown {
-		if stage, err = o.Plan.Stage(o.Stage); err != nil {
+	r := &run{d: d, o: o, ref: stageRef{Digest: o.PlanDigest, Number: ss.Number, Namespace: ss.Namespace},
+		res: &Result{Stage: ss.Number, Namespace: ss.Namespace}, changed: true}
+	if o.Plan != nil {
+		if r.stage, err = o.Plan.Stage(o.Stage); err != nil {
 			return nil, fmt.Errorf("resume: %w", err)
 		}
-	} else {
-		o.Plan = &plans.Plan{Metadata: plans.Metadata{Name: rec.Name}}
 	}
-	r := &run{d: d, o: o, stage: stage, res: &Result{Stage: ss.Number, Namespace: ss.Namespace}, changed: true}
 	r.note(fmt.Sprintf("a previous run left stage %d (%s) %s since %s (by %s); resuming", ss.Number, ss.Namespace, ss.Phase, ss.StartedAt.UTC().Format("2006-01-02T15:04:05Z"), orUnknown(ss.AppliedBy)))
 
 	if ss.Phase == state.RollingBack {
@@ -66,7 +62,7 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	if !ss.Phase.InProgress() {
 		return r.res, fmt.Errorf("resume: stage %d is %s, not in progress", ss.Number, ss.Phase)
 	}
-	if !planKnown {
+	if r.stage == nil {
 		return r.res, r.fail(ctx, "the previous run's plan is not the one given; rolling its stage back from the state", nil)
 	}
 	live, err := r.liveTarget(ctx, ss)
@@ -102,7 +98,7 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		}
 		r.baselines[g.Name] = &b
 	}
-	for _, g := range stage.Gates {
+	for _, g := range r.stage.Gates {
 		if r.baselines[g.Name] == nil {
 			b := health.Baseline{Value: nan(), Samples: nan()}
 			r.baselines[g.Name] = &b

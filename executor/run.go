@@ -2,7 +2,6 @@ package executor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
-	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 	"github.com/mtls-migrate/mtls-migrate/rollback"
@@ -24,8 +22,11 @@ import (
 
 // run is one execution of one stage.
 type run struct {
-	d     Deps
-	o     Options
+	d Deps
+	o Options
+	// ref names the stage in the state; stage is the plan's (nil when a
+	// rollback runs from the state alone).
+	ref   stageRef
 	stage *plans.Stage
 	res   *Result
 
@@ -55,7 +56,8 @@ func Run(ctx context.Context, d Deps, o Options) (*Result, error) {
 	if err != nil {
 		return nil, &RefusedError{Reason: err.Error()}
 	}
-	r := &run{d: d, o: o, stage: stage, res: &Result{Stage: stage.Number, Namespace: stage.Namespace}}
+	r := &run{d: d, o: o, ref: stageRef{Digest: o.PlanDigest, Number: stage.Number, Namespace: stage.Namespace}, stage: stage,
+		res: &Result{Stage: stage.Number, Namespace: stage.Namespace}}
 	if o.Force {
 		r.res.Forced = o.Reason
 	}
@@ -264,7 +266,7 @@ func (r *run) snapshot(ctx context.Context) error {
 			return err
 		}
 		st := s.EnsurePlan(r.o.Plan.Metadata.Name, r.o.PlanDigest, now).EnsureStage(r.stage.Number, r.stage.Namespace)
-		*st = state.StageState{Number: st.Number, Namespace: st.Namespace, History: st.History}
+		*st = state.StageState{Number: st.Number, Namespace: st.Namespace, Phase: st.Phase, History: st.History}
 		st.TargetMode = string(r.stage.TargetMode)
 		st.AppliedBy = r.o.Actor
 		if r.o.Force {
@@ -273,8 +275,7 @@ func (r *run) snapshot(ctx context.Context) error {
 		st.Snapshot = raw
 		st.Target = &state.Target{Name: r.stage.Policy.Metadata.Name, Created: r.target == nil, Mode: string(r.stage.TargetMode)}
 		st.Baseline = r.res.Baseline
-		st.SetPhase(state.Applying, now, "")
-		return nil
+		return st.Move(state.Applying, now, "")
 	})
 }
 
@@ -352,96 +353,4 @@ func gateValues(rs []health.Result, now time.Time) []state.GateValue {
 			Threshold: state.Float(g.Threshold), Samples: state.Float(g.Samples), Message: g.Message, At: now.UTC()})
 	}
 	return out
-}
-
-// setPhase updates this stage in the state; phase "" keeps the phase.
-func (r *run) setPhase(ctx context.Context, phase state.Phase, reason string, mutate func(*state.StageState)) error {
-	now := r.d.Clock.Now()
-	return r.d.Store.Update(ctx, func(s *state.State) error {
-		p := s.Plan(r.o.PlanDigest)
-		if p == nil || p.Stage(r.stage.Number) == nil {
-			return errors.New("the stage vanished from the migration state")
-		}
-		st := p.Stage(r.stage.Number)
-		if mutate != nil {
-			mutate(st)
-		}
-		if phase != "" && (phase != st.Phase || reason != "") {
-			st.SetPhase(phase, now, reason)
-		}
-		return nil
-	})
-}
-
-func (r *run) event(ctx context.Context, typ, reason, msg string) {
-	if err := r.d.Events.Event(ctx, r.stage.Namespace, typ, reason, msg); err != nil {
-		r.d.Progress.Step("event", "could not record event: "+err.Error())
-	}
-}
-
-// fail rolls the stage back from the state and confirms with the plaintext
-// probes that plaintext is accepted again. cause, when set, is an error
-// other than a failed check (its exit code is then 1 if the rollback works).
-func (r *run) fail(ctx context.Context, reason string, cause error) error {
-	r.res.Reason = reason
-	// The run's context may be what ended (Ctrl-C, SIGTERM): the rollback
-	// must still happen, within its own bound.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-	defer cancel()
-	r.d.Progress.Step("rollback", "rolling back: "+reason)
-	r.event(rctx, corev1.EventTypeWarning, events.StageRollingBack, fmt.Sprintf("stage %d: %s; rolling back", r.stage.Number, reason))
-	rb := &rollback.Runner{Istio: r.d.Istio, Store: r.d.Store, Now: r.d.Clock.Now}
-	reps, err := rb.Stages(rctx, r.o.PlanDigest, []int{r.stage.Number}, reason, rollback.Options{})
-	r.res.Rollback = reps
-	if err == nil {
-		err = r.confirmPlaintext(rctx)
-	}
-	if err != nil {
-		r.res.Outcome = OutcomeRollbackFailed
-		r.event(rctx, corev1.EventTypeWarning, events.StageFailed, fmt.Sprintf("stage %d: rollback failed: %v", r.stage.Number, err))
-		return &RollbackFailedError{Reason: reason, Err: err}
-	}
-	r.res.Outcome = OutcomeRolledBack
-	r.event(rctx, corev1.EventTypeNormal, events.StageRolledBack, fmt.Sprintf("stage %d rolled back: %s", r.stage.Number, reason))
-	r.d.Progress.Step("rollback", "rolled back; the PeerAuthentications are as before the stage")
-	if cause != nil {
-		return fmt.Errorf("%s; the stage was rolled back: %w", reason, cause)
-	}
-	return &RolledBackError{Reason: reason}
-}
-
-// confirmPlaintext checks that every probe that expected a refusal gets an
-// answer again: the rollback reached the proxies.
-func (r *run) confirmPlaintext(ctx context.Context) error {
-	var refused []plans.Probe
-	for _, p := range r.stage.Probes {
-		if p.Expect.Refused {
-			refused = append(refused, p)
-		}
-	}
-	if len(refused) == 0 || !r.changed {
-		return nil
-	}
-	if err := r.d.Clock.Sleep(ctx, r.o.Settle); err != nil {
-		return err
-	}
-	for _, p := range refused {
-		res := r.d.Prober.Until(ctx, p, probe.Answered, r.o.ProbeWithin)
-		r.d.Progress.Step("rollback", "plaintext accepted again?", "probe", p.Name, "observed", res.Observed.String(), "ok", res.OK)
-		if !res.OK {
-			err := fmt.Errorf("after the rollback, probe %s still gets %s instead of an answer: plaintext is not accepted again", p.Name, res.Observed)
-			_ = r.setPhase(ctx, state.Failed, err.Error(), nil)
-			return err
-		}
-	}
-	// These probes are plaintext requests from outside the mesh, recorded
-	// by the destination like any other: the next apply's pre-flight must
-	// not take them for a client STRICT would cut off.
-	return r.d.Store.Update(ctx, func(s *state.State) error {
-		if s.ProbedAt == nil {
-			s.ProbedAt = map[string]time.Time{}
-		}
-		s.ProbedAt[r.stage.Namespace] = r.d.Clock.Now().UTC()
-		return nil
-	})
 }

@@ -142,8 +142,7 @@ func (r *Runner) setPhase(ctx context.Context, digest string, n int, ph state.Ph
 		if p == nil || p.Stage(n) == nil {
 			return fmt.Errorf("stage %d vanished from the migration state", n)
 		}
-		p.Stage(n).SetPhase(ph, at, reason)
-		return nil
+		return p.Stage(n).Move(ph, at, reason)
 	})
 	if err != nil {
 		return fmt.Errorf("record stage %d as %s: %w", n, ph, err)

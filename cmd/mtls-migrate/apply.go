@@ -18,7 +18,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
-	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/internal/window"
@@ -50,10 +49,12 @@ type applyOptions struct {
 	AllowedWindow        string
 	Replan               bool
 	LockTTL              time.Duration
+	// now is the clock of the window and the state's records; tests fix it.
+	now func() time.Time
 }
 
 func newApplyCmd(f *factory, runF func(*applyOptions) error) *cobra.Command {
-	o := &applyOptions{f: f}
+	o := &applyOptions{f: f, now: time.Now}
 	cmd := &cobra.Command{
 		Use:   "apply --plan SOURCE (--stage N | --next)",
 		Short: "Apply one stage of a plan, verify it, and roll it back if health degrades",
@@ -143,40 +144,18 @@ func (o *applyOptions) Validate() error {
 	return cli.ValidateOutput(o.Output)
 }
 
-// loadPlan loads the plan; an invalid or unreadable plan is invalid input.
-func loadPlan(path string) (*plans.Plan, string, error) {
-	p, err := plans.LoadFile(path)
-	if err != nil {
-		return nil, "", cli.WithCode(cli.ExitUsage, err)
-	}
-	d, err := plans.Digest(p)
-	if err != nil {
-		return nil, "", err
-	}
-	return p, d, nil
-}
-
 // Run applies the stage (--stage) or the next one (--next).
 func (o *applyOptions) Run(cmd *cobra.Command) error {
-	if o.Next {
-		return o.runNext(cmd)
-	}
 	ctx := cmd.Context()
-	var clients *kube.Clients
-	src, err := plansource.Parse(o.PlanPath)
-	if err != nil {
-		return cli.WithCode(cli.ExitUsage, err)
+	if o.Next {
+		return o.runNext(ctx)
 	}
-	if src.IsConfigMap() {
-		if clients, err = o.f.kubeClients(); err != nil {
-			return err
-		}
-	}
-	plan, digest, err := readPlan(ctx, o.PlanPath, clients)
+	loaded, clients, err := o.f.loadPlan(ctx, o.PlanPath)
 	if err != nil {
 		return err
 	}
-	if _, err := plan.Stage(o.Stage); err != nil {
+	stage, err := loaded.Plan.Stage(o.Stage)
+	if err != nil {
 		return cli.Usagef("--stage: %v", err)
 	}
 	if clients == nil {
@@ -192,7 +171,23 @@ func (o *applyOptions) Run(cmd *cobra.Command) error {
 		defer release()
 		ctx = lctx
 	}
-	return o.runStage(ctx, clients, plan, digest)
+	d, opts, err := o.deps(ctx, clients, loaded.Plan, loaded.Digest, stage.Namespace)
+	if err != nil {
+		return err
+	}
+	res, runErr := executor.Run(ctx, d, opts)
+	return o.printResult(res, runErr)
+}
+
+// printResult prints a stage's result (not for a refusal: nothing was done,
+// the error says why) and maps its outcome to the exit codes.
+func (o *applyOptions) printResult(res *executor.Result, runErr error) error {
+	if res != nil && (runErr == nil || !executor.IsRefused(runErr)) {
+		if err := cli.PrintData(o.f.streams.Out, o.Output, res, func(w io.Writer) error { return printApplyResult(w, res) }); err != nil {
+			return err
+		}
+	}
+	return applyExitError(runErr)
 }
 
 // deps builds the executor's clients and options for a stage in namespace.
@@ -224,25 +219,6 @@ func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *pl
 		Settle: o.Settle, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
 	}
 	return d, opts, nil
-}
-
-// runStage runs o.Stage of the plan and prints the result.
-func (o *applyOptions) runStage(ctx context.Context, clients *kube.Clients, plan *plans.Plan, digest string) error {
-	stage, err := plan.Stage(o.Stage)
-	if err != nil {
-		return cli.Usagef("--stage: %v", err)
-	}
-	d, opts, err := o.deps(ctx, clients, plan, digest, stage.Namespace)
-	if err != nil {
-		return err
-	}
-	res, runErr := executor.Run(ctx, d, opts)
-	if res != nil && (runErr == nil || !executor.IsRefused(runErr)) {
-		if err := cli.PrintData(o.f.streams.Out, o.Output, res, func(w io.Writer) error { return printApplyResult(w, res) }); err != nil {
-			return err
-		}
-	}
-	return applyExitError(runErr)
 }
 
 // applyExitError maps the executor's outcome to the exit codes.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/executor"
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
+	"github.com/mtls-migrate/mtls-migrate/internal/kube"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
@@ -67,11 +69,24 @@ func TestInvalidPlanIsExit2(t *testing.T) {
 	if err := os.WriteFile(path, []byte("apiVersion: mtls-migrate.io/v1alpha1\nkind: MigrationPlan\nmetadatta: {}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := loadPlan(path); cli.Code(err) != cli.ExitUsage {
-		t.Fatalf("exit %d: %v", cli.Code(err), err)
+	noCluster := func() (*kube.Clients, error) { return nil, errors.New("no cluster in this test") }
+	for _, src := range []string{path, filepath.Join(dir, "missing.yaml"), "configmap:ns/only-two"} {
+		f := &factory{newKubeClients: noCluster}
+		if _, _, err := f.loadPlan(context.Background(), src); cli.Code(err) != cli.ExitUsage {
+			t.Errorf("%s: exit %d: %v", src, cli.Code(err), err)
+		}
 	}
-	if _, _, err := loadPlan(filepath.Join(dir, "missing.yaml")); cli.Code(err) != cli.ExitUsage {
-		t.Fatalf("exit %d: %v", cli.Code(err), err)
+	// Every command that takes --plan loads it the same way: an invalid
+	// plan is exit 2 before anything is contacted.
+	for _, args := range [][]string{
+		{"apply", "--plan", path, "--stage", "1"},
+		{"apply", "--plan", path, "--next"},
+		{"rollback", "--plan", path, "--stage", "1"},
+		{"status", "--plan", path},
+	} {
+		if _, err := runRoot(t, args...); cli.Code(err) != cli.ExitUsage {
+			t.Errorf("%v: exit %d: %v", args, cli.Code(err), err)
+		}
 	}
 }
 

@@ -27,7 +27,7 @@ type rollbackOptions struct {
 func newRollbackCmd(f *factory, runF func(*rollbackOptions) error) *cobra.Command {
 	o := &rollbackOptions{f: f}
 	cmd := &cobra.Command{
-		Use:   "rollback --plan FILE (--stage N | --all)",
+		Use:   "rollback --plan SOURCE (--stage N | --all)",
 		Short: "Restore the PeerAuthentications a stage changed, exactly as they were",
 		Long: `rollback restores, from the migration state alone (Prometheus is not needed),
 the PeerAuthentications a stage changed: it deletes what the stage created and
@@ -42,7 +42,7 @@ A second run changes nothing and says so.`,
 		Args: cobra.NoArgs,
 		RunE: runE(o, runF),
 	}
-	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the plan whose stages to roll back")
+	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the plan whose stages to roll back: a file, or configmap:NAMESPACE/NAME/KEY")
 	cmd.Flags().IntVar(&o.Stage, "stage", 0, "the stage number to roll back")
 	cmd.Flags().BoolVar(&o.All, "all", false, "roll back every applied stage, latest first")
 	cmd.Flags().StringVar(&o.DryRun, "dry-run", "none", `"server" validates the restore without persisting it`)
@@ -74,12 +74,13 @@ func (o *rollbackOptions) Validate() error {
 // Run restores the snapshots.
 func (o *rollbackOptions) Run(cmd *cobra.Command) error {
 	ctx := cmd.Context()
-	plan, digest, err := loadPlan(o.PlanPath)
+	loaded, _, err := o.f.loadPlan(ctx, o.PlanPath)
 	if err != nil {
 		return err
 	}
+	digest := loaded.Digest
 	if o.Stage > 0 {
-		if _, err := plan.Stage(o.Stage); err != nil {
+		if _, err := loaded.Plan.Stage(o.Stage); err != nil {
 			return cli.Usagef("--stage: %v", err)
 		}
 	}

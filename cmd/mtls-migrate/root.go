@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"time"
@@ -9,9 +11,11 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
+	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
 	"github.com/mtls-migrate/mtls-migrate/internal/promclient"
 )
 
@@ -30,6 +34,7 @@ type factory struct {
 	logFormat        string
 	verbosity        int
 	newKubeClients   func() (*kube.Clients, error)
+	clients          *kube.Clients
 	newPrometheusAPI func(promclient.Options) (v1.API, error)
 }
 
@@ -176,5 +181,39 @@ func (f *factory) prometheus() (v1.API, promclient.Options, error) {
 	return api, o, nil
 }
 
-// kubeClients returns the cluster clients built from the kubectl flags.
-func (f *factory) kubeClients() (*kube.Clients, error) { return f.newKubeClients() }
+// kubeClients returns the cluster clients built from the kubectl flags,
+// once per command.
+func (f *factory) kubeClients() (*kube.Clients, error) {
+	if f.clients == nil {
+		c, err := f.newKubeClients()
+		if err != nil {
+			return nil, err
+		}
+		f.clients = c
+	}
+	return f.clients, nil
+}
+
+// loadPlan loads the plan named by --plan, the same way for every command:
+// a file, or a ConfigMap key (for which it builds the cluster clients, and
+// returns them; nil for a file). A bad source or an invalid plan is invalid
+// input (exit 2).
+func (f *factory) loadPlan(ctx context.Context, source string) (*plansource.Loaded, *kube.Clients, error) {
+	var clients *kube.Clients
+	loaded, err := plansource.Load(ctx, source, func() (kubernetes.Interface, error) {
+		c, err := f.kubeClients()
+		if err != nil {
+			return nil, err
+		}
+		clients = c
+		return c.Kube, nil
+	})
+	var invalid *plansource.InvalidError
+	if errors.As(err, &invalid) {
+		return nil, nil, cli.WithCode(cli.ExitUsage, err)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return loaded, clients, nil
+}

@@ -9,7 +9,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/internal/status"
-	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
 // statusOptions are the inputs of `mtls-migrate status`.
@@ -50,7 +49,7 @@ accepted into it. Prometheus is optional: without it the rate is "unknown"
 		Args: cobra.NoArgs,
 		RunE: runE(o, runF),
 	}
-	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the plan being executed (optional: shows its record and its stages not started yet)")
+	cmd.Flags().StringVar(&o.PlanPath, "plan", "", "the plan being executed, a file or configmap:NAMESPACE/NAME/KEY (optional: shows its record and its stages not started yet)")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.OutputTable, "output format: table, yaml or json")
 	cmd.Flags().StringVar(&o.StateNamespace, "state-namespace", state.DefaultNamespace, "namespace of the migration state ConfigMap")
 	cmd.Flags().DurationVar(&o.RateWindow, "rate-window", 5*time.Minute, "range of rate() for the live plaintext rate (at least a few scrape intervals)")
@@ -76,12 +75,11 @@ func (o *statusOptions) Run(cmd *cobra.Command) error {
 	}
 	in := status.Inputs{StateNamespace: o.StateNamespace, RateWindow: o.RateWindow, Now: o.now}
 	if o.PlanPath != "" {
-		if in.Plan, err = plans.LoadFile(o.PlanPath); err != nil {
-			return cli.WithCode(cli.ExitUsage, err)
-		}
-		if in.PlanDigest, err = plans.Digest(in.Plan); err != nil {
+		loaded, _, err := o.f.loadPlan(cmd.Context(), o.PlanPath)
+		if err != nil {
 			return err
 		}
+		in.Plan, in.PlanDigest = loaded.Plan, loaded.Digest
 	}
 	// Prometheus is optional here: no URL leaves the rates unknown, but a
 	// malformed one is still bad usage.

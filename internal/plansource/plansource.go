@@ -14,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
 const configMapPrefix = "configmap:"
@@ -67,7 +69,7 @@ func (s Source) String() string {
 // and may be nil for a file.
 func (s Source) Read(ctx context.Context, kube kubernetes.Interface) ([]byte, error) {
 	if !s.IsConfigMap() {
-		b, err := os.ReadFile(s.Path)
+		b, err := os.ReadFile(s.Path) // #nosec G304 -- the user names the plan to load.
 		if err != nil {
 			return nil, fmt.Errorf("read plan: %w", err)
 		}
@@ -94,4 +96,57 @@ func (s Source) Read(ctx context.Context, kube kubernetes.Interface) ([]byte, er
 		keys = append(keys, k)
 	}
 	return nil, fmt.Errorf("plan ConfigMap %s/%s has no key %q (keys: %s)", s.Namespace, s.Name, s.Key, strings.Join(keys, ", "))
+}
+
+// Loaded is a plan as a run uses it: validated, with the digest the
+// migration state records it under and the source it came from.
+type Loaded struct {
+	Plan   *plans.Plan
+	Digest string
+	Source Source
+}
+
+// InvalidError says the plan source or the plan itself is bad input: nothing
+// was touched, and the caller exits with the usage code.
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return e.Err.Error() }
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// Load is the one way every command loads a plan: it parses the source (a
+// file, or configmap:NAMESPACE/NAME/KEY), reads it (kube is used for a
+// ConfigMap only and is asked for lazily, so a file needs no cluster),
+// validates it strictly and digests it. A bad source, an unreadable file and
+// an invalid plan are *InvalidError; a ConfigMap the API server could not
+// give is a plain error.
+func Load(ctx context.Context, source string, kube func() (kubernetes.Interface, error)) (*Loaded, error) {
+	src, err := Parse(source)
+	if err != nil {
+		return nil, &InvalidError{Err: err}
+	}
+	var client kubernetes.Interface
+	if src.IsConfigMap() {
+		if kube == nil {
+			return nil, fmt.Errorf("read plan from %s: no cluster client", src)
+		}
+		if client, err = kube(); err != nil {
+			return nil, err
+		}
+	}
+	data, err := src.Read(ctx, client)
+	if err != nil {
+		if !src.IsConfigMap() {
+			return nil, &InvalidError{Err: err}
+		}
+		return nil, err
+	}
+	p, err := plans.Load(src.String(), data)
+	if err != nil {
+		return nil, &InvalidError{Err: err}
+	}
+	d, err := plans.Digest(p)
+	if err != nil {
+		return nil, err
+	}
+	return &Loaded{Plan: p, Digest: d, Source: src}, nil
 }

@@ -214,8 +214,63 @@ func (p *PlanRecord) EnsureStage(n int, namespace string) *StageState {
 	return &p.Stages[i]
 }
 
-// SetPhase moves the stage to phase and records the transition.
-func (st *StageState) SetPhase(phase Phase, at time.Time, reason string) {
+// transitions is the stage's phase machine: from each phase, the phases a
+// run may move it to. Everything else is refused, so a bug (or a second
+// writer) cannot, say, mark a stage done that is rolling back.
+//
+//	pending      -> applying                     a run starts (snapshot taken)
+//	applying     -> applying                     the change landed / a resume took over
+//	applying     -> soaking                      probes passed
+//	applying     -> pending                      nothing of ours landed (someone else wrote the policy)
+//	soaking      -> applying                     a resume re-verifies from the start
+//	soaking      -> done                         the soak passed
+//	applying, soaking, done, rolled-back, failed -> rolling-back
+//	rolling-back -> rolling-back                 a rollback takes over a dead one's
+//	rolling-back -> rolled-back | failed
+//	rolled-back  -> failed                       the rollback did not reach the proxies
+//	rolled-back  -> pending                      a resume found the change never happened
+//	rolled-back, failed -> applying              a person applies the stage again
+var transitions = map[Phase][]Phase{
+	Pending:     {Applying},
+	Applying:    {Applying, Soaking, Pending, RollingBack},
+	Soaking:     {Applying, Done, RollingBack},
+	Done:        {RollingBack},
+	RollingBack: {RollingBack, RolledBack, Failed},
+	RolledBack:  {RollingBack, Failed, Pending, Applying},
+	Failed:      {RollingBack, Applying},
+}
+
+// IllegalTransitionError says a write would move a stage along no edge of
+// the phase machine: the state is not what the writer believed.
+type IllegalTransitionError struct {
+	Stage    int
+	From, To Phase
+}
+
+func (e *IllegalTransitionError) Error() string {
+	return fmt.Sprintf("stage %d is %s and cannot become %s: the migration state changed under this run (another run or a person), so it writes nothing; check `mtls-migrate status`", e.Stage, e.From, e.To)
+}
+
+// CanMove reports whether the phase machine has an edge from -> to.
+func CanMove(from, to Phase) bool {
+	if from == "" {
+		from = Pending
+	}
+	for _, p := range transitions[from] {
+		if p == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Move moves the stage to phase along the phase machine and records the
+// transition; an illegal one is an *IllegalTransitionError and changes
+// nothing. It is the only way product code changes a stage's phase.
+func (st *StageState) Move(phase Phase, at time.Time, reason string) error {
+	if !CanMove(st.Phase, phase) {
+		return &IllegalTransitionError{Stage: st.Number, From: st.Phase, To: phase}
+	}
 	st.Phase = phase
 	st.History = append(st.History, Transition{Phase: phase, At: at.UTC(), Reason: reason})
 	switch phase {
@@ -228,6 +283,7 @@ func (st *StageState) SetPhase(phase Phase, at time.Time, reason string) {
 	if reason != "" {
 		st.Reason = reason
 	}
+	return nil
 }
 
 // Store reads and updates the state. Update re-reads the state, calls fn and

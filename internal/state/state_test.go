@@ -23,7 +23,7 @@ func TestConfigMapStoreCreatesThenUpdates(t *testing.T) {
 	for i := 1; i <= 2; i++ {
 		err := s.Update(ctx, func(st *State) error {
 			p := st.EnsurePlan("p", "sha256:1", now)
-			p.EnsureStage(i, "ns").SetPhase(Done, now, "")
+			seedPhase(p.EnsureStage(i, "ns"), Done, now, "")
 			return nil
 		})
 		if err != nil {
@@ -96,7 +96,7 @@ func TestEnsureStageKeepsOrderAndInProgress(t *testing.T) {
 	var s State
 	p := s.EnsurePlan("p", "d", time.Now())
 	p.EnsureStage(3, "c")
-	p.EnsureStage(1, "a").SetPhase(Soaking, time.Now(), "")
+	seedPhase(p.EnsureStage(1, "a"), Soaking, time.Now(), "")
 	p.EnsureStage(2, "b")
 	if p.Stages[0].Number != 1 || p.Stages[1].Number != 2 || p.Stages[2].Number != 3 {
 		t.Fatalf("stages out of order: %+v", p.Stages)
@@ -110,3 +110,61 @@ func TestEnsureStageKeepsOrderAndInProgress(t *testing.T) {
 }
 
 func zero() float64 { return 0 }
+
+// seedPhase writes a stage's phase as a stored state document could hold
+// it, bypassing the phase machine: test set-up only.
+func seedPhase(st *StageState, ph Phase, at time.Time, reason string) {
+	st.Phase, st.Reason = ph, reason
+	st.History = append(st.History, Transition{Phase: ph, At: at.UTC(), Reason: reason})
+	if ph == Done || ph == RolledBack || ph == Failed {
+		st.FinishedAt = at.UTC()
+	}
+}
+
+func TestPhaseMachineRefusesIllegalTransitions(t *testing.T) {
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		from, to Phase
+		ok       bool
+	}{
+		{Pending, Applying, true},
+		{Pending, Done, false},
+		{Pending, Soaking, false},
+		{Applying, Soaking, true},
+		{Applying, Done, false}, // done only after the soak
+		{Applying, Pending, true},
+		{Soaking, Done, true},
+		{Soaking, RollingBack, true},
+		{Done, RollingBack, true},
+		{Done, Applying, false}, // roll back first
+		{Done, Soaking, false},
+		{RollingBack, Done, false}, // a rollback in progress never ends "done"
+		{RollingBack, RollingBack, true}, // a rollback takes over a dead one's
+		{RollingBack, RolledBack, true},
+		{RollingBack, Failed, true},
+		{RolledBack, Done, false},
+		{RolledBack, Failed, true},
+		{RolledBack, Applying, true},
+		{Failed, Done, false},
+		{Failed, RollingBack, true},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.from)+"->"+string(tt.to), func(t *testing.T) {
+			st := &StageState{Number: 4, Phase: tt.from, Reason: "before"}
+			err := st.Move(tt.to, at, "why")
+			if tt.ok {
+				if err != nil || st.Phase != tt.to || len(st.History) != 1 || st.Reason != "why" {
+					t.Fatalf("Move: %v, stage %+v", err, st)
+				}
+				return
+			}
+			var ill *IllegalTransitionError
+			if !errors.As(err, &ill) || ill.From != tt.from || ill.To != tt.to {
+				t.Fatalf("err = %v, want an IllegalTransitionError", err)
+			}
+			if st.Phase != tt.from || len(st.History) != 0 || st.Reason != "before" {
+				t.Fatalf("a refused move changed the stage: %+v", st)
+			}
+		})
+	}
+}
