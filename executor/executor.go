@@ -83,17 +83,19 @@ const (
 
 // Result is what a run did, for output.
 type Result struct {
-	Stage     int                    `json:"stage"`
-	Namespace string                 `json:"namespace"`
-	Outcome   Outcome                `json:"outcome"`
-	Reason    string                 `json:"reason,omitempty"`
-	Forced    string                 `json:"forced,omitempty"`
-	Applied   any                    `json:"applied,omitempty"`
-	Baseline  []state.GateValue      `json:"baseline,omitempty"`
-	Probes    []state.ProbeResult    `json:"probes,omitempty"`
-	Gates     []state.GateValue      `json:"gates,omitempty"`
-	Rollback  []rollback.StageReport `json:"rollback,omitempty"`
-	Notes     []string               `json:"notes,omitempty"`
+	Stage     int     `json:"stage"`
+	Namespace string  `json:"namespace"`
+	Outcome   Outcome `json:"outcome"`
+	Reason    string  `json:"reason,omitempty"`
+	Forced    string  `json:"forced,omitempty"`
+	// Applied is the PeerAuthentication as the API server returned it after
+	// the (dry-run) apply.
+	Applied  *securityv1.PeerAuthentication `json:"applied,omitempty"`
+	Baseline []state.GateValue              `json:"baseline,omitempty"`
+	Probes   []state.ProbeResult            `json:"probes,omitempty"`
+	Gates    []state.GateValue              `json:"gates,omitempty"`
+	Rollback []rollback.StageReport         `json:"rollback,omitempty"`
+	Notes    []string                       `json:"notes,omitempty"`
 }
 
 // RefusedError says pre-flight refused the stage; nothing was touched.
@@ -132,18 +134,27 @@ func IsRefused(err error) bool {
 	return errors.As(err, &r)
 }
 
+// Defaults of Options, which the command's flags use too: one source for
+// both.
+const (
+	DefaultSettle               = 5 * time.Second
+	DefaultGateInterval         = 10 * time.Second
+	DefaultMaxConsecutiveErrors = 3
+	DefaultProbeWithin          = 30 * time.Second
+)
+
 func (o *Options) defaults() {
 	if o.Settle <= 0 {
-		o.Settle = 5 * time.Second
+		o.Settle = DefaultSettle
 	}
 	if o.GateInterval <= 0 {
-		o.GateInterval = 10 * time.Second
+		o.GateInterval = DefaultGateInterval
 	}
 	if o.MaxConsecutiveErrors <= 0 {
-		o.MaxConsecutiveErrors = 3
+		o.MaxConsecutiveErrors = DefaultMaxConsecutiveErrors
 	}
 	if o.ProbeWithin <= 0 {
-		o.ProbeWithin = 30 * time.Second
+		o.ProbeWithin = DefaultProbeWithin
 	}
 }
 

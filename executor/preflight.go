@@ -70,7 +70,7 @@ func (r *run) preflight(ctx context.Context) error {
 }
 
 // checkNotInProgress refuses when a stage is mid-way (a run is going on, or
-// died: the scheduled-Job issue resumes those) or this stage is done.
+// died: `apply --next` resumes those) or this stage is done.
 func checkNotInProgress(s *state.State, digest string, n int) error {
 	if p, st := s.InProgress(); st != nil {
 		return refusef("stage %d (%s) of plan %q is %s since %s (by %s): another run is in progress or died; roll it back with `mtls-migrate rollback --plan FILE --stage %d`",

@@ -154,8 +154,7 @@ func (r *run) dryRun(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dry run of PeerAuthentication %s/%s: %w", r.stage.Namespace, r.stage.Policy.Metadata.Name, err)
 	}
-	obj.ManagedFields = nil
-	r.res.Applied = obj
+	r.res.Applied = appliedObject(obj)
 	r.res.Outcome = OutcomeDryRun
 	return nil
 }
@@ -299,7 +298,7 @@ func (r *run) apply(ctx context.Context) error {
 	if r.target != nil && obj.UID != r.target.UID {
 		return fmt.Errorf("the applied object has UID %s, not %s as snapshotted: it was recreated meanwhile", obj.UID, r.target.UID)
 	}
-	r.res.Applied = obj.Name
+	r.res.Applied = appliedObject(obj)
 	return r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
 		st.Target.UID = string(obj.UID)
 		st.Target.ResourceVersion = obj.ResourceVersion
@@ -353,4 +352,12 @@ func gateValues(rs []health.Result, now time.Time) []state.GateValue {
 			Threshold: state.Float(g.Threshold), Samples: state.Float(g.Samples), Message: g.Message, At: now.UTC()})
 	}
 	return out
+}
+
+// appliedObject is the policy as the API server returned it, for output,
+// without managedFields (bookkeeping, and the bulk of the object).
+func appliedObject(obj *securityv1.PeerAuthentication) *securityv1.PeerAuthentication {
+	c := obj.DeepCopy()
+	c.ManagedFields = nil
+	return c
 }

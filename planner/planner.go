@@ -55,15 +55,22 @@ type Options struct {
 	Log               *slog.Logger
 }
 
+// Defaults of Options, which the plan command's flags use too.
+const (
+	DefaultGateWindow = plans.Duration(time.Minute)
+	DefaultSoak       = plans.Duration(5 * time.Minute)
+	DefaultMaxProbes  = 10
+)
+
 func (o *Options) defaults() {
 	if o.GateWindow <= 0 {
-		o.GateWindow = plans.Duration(time.Minute)
+		o.GateWindow = DefaultGateWindow
 	}
 	if o.Soak <= 0 {
-		o.Soak = plans.Duration(5 * time.Minute)
+		o.Soak = DefaultSoak
 	}
 	if o.MaxProbes <= 0 {
-		o.MaxProbes = 10
+		o.MaxProbes = DefaultMaxProbes
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)

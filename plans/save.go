@@ -2,8 +2,6 @@ package plans
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -67,24 +65,4 @@ func SaveFile(path string, p *Plan) error {
 		return fmt.Errorf("save plan to %s: %w", path, err)
 	}
 	return nil
-}
-
-// Digest identifies a plan's content: "sha256:" and the hex digest of its
-// canonical YAML. The executor records it so a run with a different plan is
-// noticed.
-func Digest(p *Plan) (string, error) {
-	b, err := Marshal(p)
-	if err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
-}
-
-// Stage returns the stage numbered n, or an error saying which exist.
-func (p *Plan) Stage(n int) (*Stage, error) {
-	if n < 1 || n > len(p.Stages) {
-		return nil, fmt.Errorf("the plan has stages 1..%d; there is no stage %d", len(p.Stages), n)
-	}
-	return &p.Stages[n-1], nil
 }

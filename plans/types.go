@@ -1,6 +1,9 @@
 package plans
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // APIVersion and Kind identify the plan document.
 const (
@@ -272,4 +275,12 @@ type Gate struct {
 	// than passing silently.
 	SamplesQuery string `yaml:"samplesQuery,omitempty" json:"samplesQuery,omitempty"`
 	MinSamples   int    `yaml:"minSamples,omitempty" json:"minSamples,omitempty"`
+}
+
+// Stage returns the stage numbered n, or an error saying which exist.
+func (p *Plan) Stage(n int) (*Stage, error) {
+	if n < 1 || n > len(p.Stages) {
+		return nil, fmt.Errorf("the plan has stages 1..%d; there is no stage %d", len(p.Stages), n)
+	}
+	return &p.Stages[n-1], nil
 }

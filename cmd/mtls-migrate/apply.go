@@ -87,11 +87,11 @@ the snapshot by itself and exits 3.`,
 	cmd.Flags().StringVar(&o.Reason, "reason", "", "why a blocked stage is forced")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.OutputTable, "output format of the result: table, yaml or json")
 	cmd.Flags().StringVar(&o.StateNamespace, "state-namespace", state.DefaultNamespace, "namespace of the migration state ConfigMap (must exist)")
-	cmd.Flags().DurationVar(&o.Settle, "settle", 5*time.Second, "wait after the change for the proxies to receive it, before probing")
-	cmd.Flags().DurationVar(&o.GateInterval, "gate-interval", 10*time.Second, "how often the health gates are evaluated during the soak")
-	cmd.Flags().IntVar(&o.MaxConsecutiveErrors, "max-consecutive-errors", 3, "no data, NaN or query errors in a row that fail a gate")
+	cmd.Flags().DurationVar(&o.Settle, "settle", executor.DefaultSettle, "wait after the change for the proxies to receive it, before probing")
+	cmd.Flags().DurationVar(&o.GateInterval, "gate-interval", executor.DefaultGateInterval, "how often the health gates are evaluated during the soak")
+	cmd.Flags().IntVar(&o.MaxConsecutiveErrors, "max-consecutive-errors", executor.DefaultMaxConsecutiveErrors, "no data, NaN or query errors in a row that fail a gate")
 	cmd.Flags().DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "timeout of each probe attempt")
-	cmd.Flags().DurationVar(&o.ProbeRetry, "probe-retry", 30*time.Second, "how long probes are retried before they fail (the change takes a moment to reach every proxy)")
+	cmd.Flags().DurationVar(&o.ProbeRetry, "probe-retry", executor.DefaultProbeWithin, "how long probes are retried before they fail (the change takes a moment to reach every proxy)")
 	return cmd
 }
 

@@ -54,8 +54,8 @@ risks and fixes. Nothing in the cluster changes.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.windowRaw, "window", "7d", "telemetry window to read (long enough to see weekly jobs)")
-	fl.StringVar(&o.gateWindowRaw, "gate-window", "1m", "range of the health gates' rates in the plan (use about 10x the scrape interval)")
-	fl.StringVar(&o.soakRaw, "soak", "5m", "soak time of each stage in the plan")
+	fl.StringVar(&o.gateWindowRaw, "gate-window", planner.DefaultGateWindow.String(), "range of the health gates' rates in the plan (use about 10x the scrape interval)")
+	fl.StringVar(&o.soakRaw, "soak", planner.DefaultSoak.String(), "soak time of each stage in the plan")
 	fl.StringVar(&o.Out, "out", "", "write the plan to this file (YAML) as well as printing the summary")
 	fl.StringVarP(&o.Output, "output", "o", cli.OutputTable, "output format: table, yaml or json")
 	fl.StringVar(&o.Name, "name", "", "the plan's metadata.name (default mtls-migrate-<time>)")
@@ -119,8 +119,8 @@ func (o *planOptions) Run(cmd *cobra.Command) error {
 	}
 	var dyn dynamic.Interface
 	if clients.Config != nil {
-		if d, err := dynamic.NewForConfig(clients.Config); err == nil {
-			dyn = d
+		if dyn, err = dynamic.NewForConfig(clients.Config); err != nil {
+			return fmt.Errorf("build the dynamic client (to read CRD conversion webhooks): %w", err)
 		}
 	}
 	server := ""

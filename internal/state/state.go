@@ -1,5 +1,5 @@
 // Package state keeps the migration's state where every run (and the
-// scheduled Job of a later issue) can find it: which plan is being executed,
+// scheduled Job) can find it: which plan is being executed,
 // each stage's phase with times, reasons, gate values and who ran it, and the
 // snapshots of the PeerAuthentications taken before each change. The Store
 // interface has a ConfigMap implementation (optimistic concurrency on the
