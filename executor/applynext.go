@@ -61,8 +61,8 @@ type NextOutcome struct {
 	Result  *Result
 }
 
-// NextOutsideWindow: outside the allowed window, with no stage in progress;
-// nothing was done.
+// NextOutsideWindow means the run was outside the allowed window with no
+// stage in progress, so nothing was done.
 const NextOutsideWindow NextKind = "outside-window"
 
 // PlanChangedError says the plan given is not the one the migration is

@@ -138,7 +138,7 @@ func TestPhaseMachineRefusesIllegalTransitions(t *testing.T) {
 		{Done, RollingBack, true},
 		{Done, Applying, false}, // roll back first
 		{Done, Soaking, false},
-		{RollingBack, Done, false}, // a rollback in progress never ends "done"
+		{RollingBack, Done, false},       // a rollback in progress never ends "done"
 		{RollingBack, RollingBack, true}, // a rollback takes over a dead one's
 		{RollingBack, RolledBack, true},
 		{RollingBack, Failed, true},
