@@ -20,6 +20,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
@@ -35,7 +36,7 @@ type Deps struct {
 	Kube   kubernetes.Interface
 	Istio  istio.Interface
 	Writer PolicyWriter
-	Prom   health.Querier
+	Prom   istiometrics.Querier
 	// PromTimeout bounds each Prometheus query.
 	PromTimeout time.Duration
 	Store       state.Store

@@ -139,6 +139,10 @@ func (f promFunc) Query(_ context.Context, q string, ts time.Time, _ ...v1.Optio
 	return v, nil, nil, err
 }
 
+func (f promFunc) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("the executor makes no range queries")
+}
+
 func healthyProm(q string, _ time.Time) (model.Value, error) {
 	if strings.Contains(q, "connection_security_policy") {
 		return model.Vector{}, nil // no plaintext

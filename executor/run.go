@@ -68,13 +68,6 @@ func (r *run) note(s string) {
 	r.d.Progress.Step("note", s)
 }
 
-func (r *run) promCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if r.d.PromTimeout > 0 {
-		return context.WithTimeout(ctx, r.d.PromTimeout)
-	}
-	return context.WithCancel(ctx)
-}
-
 func (r *run) execute(ctx context.Context) error {
 	ns := r.stage.Namespace
 	r.d.Progress.Step("preflight", "checking", "stage", r.stage.Number, "namespace", ns)
@@ -215,9 +208,7 @@ func (r *run) baseline(ctx context.Context) error {
 	now := r.d.Clock.Now()
 	r.baselines = map[string]*health.Baseline{}
 	for _, g := range r.stage.Gates {
-		qctx, cancel := r.promCtx(ctx)
-		b, err := health.MeasureBaseline(qctx, r.d.Prom, g, now)
-		cancel()
+		b, err := health.MeasureBaseline(ctx, r.d.Prom, g, now, r.d.PromTimeout)
 		if err != nil {
 			return fmt.Errorf("%w; nothing was changed", err)
 		}

@@ -102,6 +102,10 @@ func (f *fakeProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Opti
 	return v, nil, nil, err
 }
 
+func (f *fakeProm) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("gates make no range queries")
+}
+
 func vec(v float64) model.Value { return model.Vector{&model.Sample{Value: model.SampleValue(v)}} }
 
 func TestRunnerSoak(t *testing.T) {
