@@ -35,9 +35,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 )
 
-// Querier is the Prometheus API the planner reads through.
-type Querier = istiometrics.Querier
-
 // MaxSteps bounds the points per series of a range query (see the package
 // comment).
 const MaxSteps = 168
@@ -173,7 +170,7 @@ func Queries(o Options) []string {
 }
 
 // Fetch runs the queries and parses the answers.
-func Fetch(ctx context.Context, q Querier, o Options) (*Result, error) {
+func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, error) {
 	if o.Window <= 0 {
 		return nil, errors.New("telemetry window must be positive")
 	}
