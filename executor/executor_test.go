@@ -198,7 +198,7 @@ func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, 
 	w := &fakeWriter{e: e}
 	d := Deps{
 		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
-		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Now: e.clock.Now, Sleep: e.clock.Sleep, Timeout: time.Second},
+		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Clock: e.clock, Timeout: time.Second},
 		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
 	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second}
@@ -452,11 +452,33 @@ func TestInterruptedSoakRollsBack(t *testing.T) {
 	}
 	w := &fakeWriter{e: e}
 	d := Deps{Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
-		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Now: e.clock.Now, Sleep: e.clock.Sleep},
+		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Clock: e.clock},
 		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
 	_, err := Run(ctx, d, Options{Plan: testPlan(true, "n=1"), PlanDigest: "sha256:p", Stage: 1})
 	var rb *RolledBackError
 	if !errors.As(err, &rb) || e.phase() != state.RolledBack {
 		t.Fatalf("got %v, phase %s", err, e.phase())
+	}
+}
+
+// TestProbesRetryOnTheRunsClock: a Prober without a clock retries on
+// Deps.Clock (the fake here, so the 10s pre-check passes instantly), and
+// the caller's Prober is left as given.
+func TestProbesRetryOnTheRunsClock(t *testing.T) {
+	e := newEnv(t, true)
+	var given *probe.Prober
+	_, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+		d.Prober.Clock = nil
+		d.Prober.Exec = &fakeExec{e: e, refuseAlways: true}
+		given = d.Prober
+	})
+	if !IsRefused(err) || !strings.Contains(err.Error(), "cannot reach its target now") {
+		t.Fatalf("want the pre-check refusal, got %v", err)
+	}
+	if waited := e.clock.now.Sub(t0); waited < 10*time.Second {
+		t.Errorf("the run's clock advanced %s during the probe retries, want >= 10s", waited)
+	}
+	if given.Clock != nil {
+		t.Error("Run changed the caller's Prober")
 	}
 }

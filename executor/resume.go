@@ -33,9 +33,7 @@ import (
 // o.Stage and o.PlanDigest name the stage in the state.
 func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	o.defaults()
-	if d.Clock == nil {
-		d.Clock = health.RealClock{}
-	}
+	d.defaults()
 	if d.Events == nil {
 		d.Events = events.Discard{}
 	}

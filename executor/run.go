@@ -45,9 +45,7 @@ const rollbackTimeout = 2 * time.Minute
 // error (nothing left changed, or the state says what is).
 func Run(ctx context.Context, d Deps, o Options) (*Result, error) {
 	o.defaults()
-	if d.Clock == nil {
-		d.Clock = health.RealClock{}
-	}
+	d.defaults()
 	if d.Events == nil || o.DryRun {
 		d.Events = events.Discard{}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
@@ -11,31 +12,6 @@ import (
 type Check interface {
 	Name() string
 	Check(ctx context.Context, now time.Time) Result
-}
-
-// Clock is the time source of the soak, injected so tests run instantly.
-type Clock interface {
-	Now() time.Time
-	// Sleep waits d or until ctx is done (then it returns ctx.Err()).
-	Sleep(ctx context.Context, d time.Duration) error
-}
-
-// RealClock is the wall clock.
-type RealClock struct{}
-
-// Now is time.Now.
-func (RealClock) Now() time.Time { return time.Now() }
-
-// Sleep waits d or until ctx is done.
-func (RealClock) Sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Tick is what the runner reports after each round of evaluations.
@@ -51,7 +27,7 @@ type Runner struct {
 	Gates                map[string]plans.Gate
 	Interval             time.Duration
 	MaxConsecutiveErrors int
-	Clock                Clock
+	Clock                clock.Clock
 	// OnTick, when set, sees each round (progress output, state records).
 	OnTick func(Tick)
 }
