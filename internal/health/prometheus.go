@@ -74,8 +74,8 @@ type PromGate struct {
 	Timeout time.Duration
 }
 
-// Name is the gate's name.
-func (p *PromGate) Name() string { return p.Gate.Name }
+// Settings are the plan's gate and its baseline.
+func (p *PromGate) Settings() (plans.Gate, *Baseline) { return p.Gate, p.Baseline }
 
 // Check measures and evaluates the gate.
 func (p *PromGate) Check(ctx context.Context, now time.Time) Result {

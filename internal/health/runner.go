@@ -10,7 +10,10 @@ import (
 
 // Check is one health signal evaluated through the soak.
 type Check interface {
-	Name() string
+	// Settings are what the check's results are judged by through the
+	// soak (see Tracker): its gate, whose name names the check, and the
+	// baseline measured before the change (nil when none).
+	Settings() (plans.Gate, *Baseline)
 	Check(ctx context.Context, now time.Time) Result
 }
 
@@ -23,8 +26,6 @@ type Tick struct {
 // Runner evaluates every check each Interval for the length of the soak.
 type Runner struct {
 	Checks               []Check
-	Baselines            map[string]*Baseline // by check name, for Tracker.Finish
-	Gates                map[string]plans.Gate
 	Interval             time.Duration
 	MaxConsecutiveErrors int
 	Clock                clock.Clock
@@ -48,8 +49,8 @@ type Outcome struct {
 func (r *Runner) Soak(ctx context.Context, d time.Duration) Outcome {
 	trackers := make([]*Tracker, len(r.Checks))
 	for i, c := range r.Checks {
-		trackers[i] = &Tracker{Gate: r.Gates[c.Name()], Baseline: r.Baselines[c.Name()], MaxConsecutiveErrors: r.MaxConsecutiveErrors}
-		trackers[i].Gate.Name = c.Name()
+		g, b := c.Settings()
+		trackers[i] = &Tracker{Gate: g, Baseline: b, MaxConsecutiveErrors: r.MaxConsecutiveErrors}
 	}
 	last := func() []Result {
 		out := make([]Result, len(trackers))
