@@ -18,8 +18,9 @@ import (
 	istio "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
-	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
@@ -35,7 +36,7 @@ type Deps struct {
 	Kube   kubernetes.Interface
 	Istio  istio.Interface
 	Writer PolicyWriter
-	Prom   health.Querier
+	Prom   istiometrics.Querier
 	// PromTimeout bounds each Prometheus query.
 	PromTimeout time.Duration
 	Store       state.Store
@@ -43,8 +44,10 @@ type Deps struct {
 	Events      events.Recorder
 	// Digest is the planner's policy digest; nil skips the "policies
 	// changed since the plan" check (with a warning).
-	Digest   PolicyDigest
-	Clock    health.Clock
+	Digest PolicyDigest
+	// Clock is the run's one clock: the executor's, the soak's and (when
+	// Prober has none) the probes' retries'. nil: the wall clock.
+	Clock    clock.Clock
 	Progress Progress
 	Log      *slog.Logger
 }
@@ -142,6 +145,20 @@ const (
 	DefaultMaxConsecutiveErrors = 3
 	DefaultProbeWithin          = 30 * time.Second
 )
+
+// defaults fills the wall clock when Deps has none and hands the run's
+// clock to a Prober without one, so that probes, gates and the executor
+// read the same time. The caller's Prober is copied, not changed.
+func (d *Deps) defaults() {
+	if d.Clock == nil {
+		d.Clock = clock.Real{}
+	}
+	if d.Prober != nil && d.Prober.Clock == nil {
+		p := *d.Prober
+		p.Clock = d.Clock
+		d.Prober = &p
+	}
+}
 
 func (o *Options) defaults() {
 	if o.Settle <= 0 {

@@ -139,6 +139,10 @@ func (f promFunc) Query(_ context.Context, q string, ts time.Time, _ ...v1.Optio
 	return v, nil, nil, err
 }
 
+func (f promFunc) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("the executor makes no range queries")
+}
+
 func healthyProm(q string, _ time.Time) (model.Value, error) {
 	if strings.Contains(q, "connection_security_policy") {
 		return model.Vector{}, nil // no plaintext
@@ -194,7 +198,7 @@ func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, 
 	w := &fakeWriter{e: e}
 	d := Deps{
 		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
-		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Now: e.clock.Now, Sleep: e.clock.Sleep, Timeout: time.Second},
+		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Clock: e.clock, Timeout: time.Second},
 		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
 	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second}
@@ -448,7 +452,7 @@ func TestInterruptedSoakRollsBack(t *testing.T) {
 	}
 	w := &fakeWriter{e: e}
 	d := Deps{Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
-		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Now: e.clock.Now, Sleep: e.clock.Sleep},
+		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Clock: e.clock},
 		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
 	_, err := Run(ctx, d, Options{Plan: testPlan(true, "n=1"), PlanDigest: "sha256:p", Stage: 1})
 	var rb *RolledBackError
@@ -464,5 +468,27 @@ func seedPhase(st *state.StageState, ph state.Phase, at time.Time, reason string
 	st.History = append(st.History, state.Transition{Phase: ph, At: at.UTC(), Reason: reason})
 	if ph == state.Done || ph == state.RolledBack || ph == state.Failed {
 		st.FinishedAt = at.UTC()
+	}
+}
+
+// TestProbesRetryOnTheRunsClock: a Prober without a clock retries on
+// Deps.Clock (the fake here, so the 10s pre-check passes instantly), and
+// the caller's Prober is left as given.
+func TestProbesRetryOnTheRunsClock(t *testing.T) {
+	e := newEnv(t, true)
+	var given *probe.Prober
+	_, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+		d.Prober.Clock = nil
+		d.Prober.Exec = &fakeExec{e: e, refuseAlways: true}
+		given = d.Prober
+	})
+	if !IsRefused(err) || !strings.Contains(err.Error(), "cannot reach its target now") {
+		t.Fatalf("want the pre-check refusal, got %v", err)
+	}
+	if waited := e.clock.now.Sub(t0); waited < 10*time.Second {
+		t.Errorf("the run's clock advanced %s during the probe retries, want >= 10s", waited)
+	}
+	if given.Clock != nil {
+		t.Error("Run changed the caller's Prober")
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/common/model"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
@@ -186,27 +187,29 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 	if rng < time.Second {
 		rng = time.Second
 	}
-	sel := `reporter="destination",connection_security_policy!="mutual_tls"`
+	ns := ""
 	if r.stage.Scope != plans.ScopeMesh {
-		sel += fmt.Sprintf(`,destination_workload_namespace=%q`, r.stage.Namespace)
+		ns = r.stage.Namespace
 	}
+	sel := istiometrics.DestinationPlaintext(ns)
+	by := istiometrics.Grouping(istiometrics.LabelSourceWorkload, istiometrics.LabelSourceWorkloadNamespace)
 	window := model.Duration(rng.Round(time.Second)).String()
 	queries := map[string]string{
-		"requests":    fmt.Sprintf(`sum by (source_workload, source_workload_namespace) (increase(istio_requests_total{%s}[%s]))`, sel, window),
-		"connections": fmt.Sprintf(`sum by (source_workload, source_workload_namespace) (increase(istio_tcp_connections_opened_total{%s}[%s]))`, sel, window),
+		"requests":    fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.RequestsTotal, sel, window),
+		"connections": fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.TCPConnectionsOpened, sel, window),
 	}
 	var found []string
 	for _, what := range []string{"requests", "connections"} {
-		qctx, cancel := r.promCtx(ctx)
-		v, _, _, err := r.d.Prom.Query(qctx, queries[what], now)
-		cancel()
+		// TODO(fail-closed): warnings (a partial answer) are ignored for
+		// now, so a partial answer can hide plaintext.
+		v, _, _, err := istiometrics.Instant(ctx, r.d.Prom, queries[what], now, r.d.PromTimeout)
 		if err != nil {
 			return fmt.Errorf("pre-flight: query Prometheus for plaintext %s into %q: %w; it must answer before a stage is applied (check --prometheus-url)", what, r.stage.Namespace, err)
 		}
 		vec, _ := v.(model.Vector)
 		for _, s := range vec {
 			if s.Value > 0 {
-				found = append(found, fmt.Sprintf("%s/%s (%.0f plaintext %s)", s.Metric["source_workload_namespace"], s.Metric["source_workload"], float64(s.Value), what))
+				found = append(found, fmt.Sprintf("%s/%s (%.0f plaintext %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), what))
 			}
 		}
 	}

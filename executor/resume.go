@@ -32,9 +32,7 @@ import (
 // o.Stage and o.PlanDigest name the stage in the state.
 func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	o.defaults()
-	if d.Clock == nil {
-		d.Clock = health.RealClock{}
-	}
+	d.defaults()
 	if d.Events == nil {
 		d.Events = events.Discard{}
 	}
@@ -87,7 +85,7 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 
 	// The change is live: verify it as a fresh run would, against the
 	// baseline recorded before the change.
-	r.baselines = map[string]*health.Baseline{}
+	recorded := map[string]health.Baseline{}
 	for _, g := range ss.Baseline {
 		b := health.Baseline{Value: nan(), Samples: nan()}
 		if g.Value != nil {
@@ -96,13 +94,14 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		if g.Samples != nil {
 			b.Samples = *g.Samples
 		}
-		r.baselines[g.Name] = &b
+		recorded[g.Name] = b
 	}
 	for _, g := range r.stage.Gates {
-		if r.baselines[g.Name] == nil {
-			b := health.Baseline{Value: nan(), Samples: nan()}
-			r.baselines[g.Name] = &b
+		b, ok := recorded[g.Name]
+		if !ok {
+			b = health.Baseline{Value: nan(), Samples: nan()}
 		}
+		r.gates = append(r.gates, r.promGate(g, &b))
 	}
 	if r.pods, err = health.NewPodCheck(ctx, d.Kube, ss.Namespace); err != nil {
 		return r.res, r.fail(ctx, "resume: "+err.Error(), err)

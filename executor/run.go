@@ -30,11 +30,11 @@ type run struct {
 	stage *plans.Stage
 	res   *Result
 
-	live      []*securityv1.PeerAuthentication
-	target    *securityv1.PeerAuthentication // nil: the stage creates it
-	baselines map[string]*health.Baseline
-	pods      *health.PodCheck
-	changed   bool // the apply may have reached the API server
+	live    []*securityv1.PeerAuthentication
+	target  *securityv1.PeerAuthentication // nil: the stage creates it
+	gates   []*health.PromGate             // the stage's gates with their baselines
+	pods    *health.PodCheck
+	changed bool // the apply may have reached the API server
 }
 
 // rollbackTimeout bounds the rollback after an interruption, when the run's
@@ -46,9 +46,7 @@ const rollbackTimeout = 2 * time.Minute
 // error (nothing left changed, or the state says what is).
 func Run(ctx context.Context, d Deps, o Options) (*Result, error) {
 	o.defaults()
-	if d.Clock == nil {
-		d.Clock = health.RealClock{}
-	}
+	d.defaults()
 	if d.Events == nil || o.DryRun {
 		d.Events = events.Discard{}
 	}
@@ -68,13 +66,6 @@ func Run(ctx context.Context, d Deps, o Options) (*Result, error) {
 func (r *run) note(s string) {
 	r.res.Notes = append(r.res.Notes, s)
 	r.d.Progress.Step("note", s)
-}
-
-func (r *run) promCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if r.d.PromTimeout > 0 {
-		return context.WithTimeout(ctx, r.d.PromTimeout)
-	}
-	return context.WithCancel(ctx)
 }
 
 func (r *run) execute(ctx context.Context) error {
@@ -214,15 +205,13 @@ func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
 
 func (r *run) baseline(ctx context.Context) error {
 	now := r.d.Clock.Now()
-	r.baselines = map[string]*health.Baseline{}
+	r.gates = nil
 	for _, g := range r.stage.Gates {
-		qctx, cancel := r.promCtx(ctx)
-		b, err := health.MeasureBaseline(qctx, r.d.Prom, g, now)
-		cancel()
+		b, err := health.MeasureBaseline(ctx, r.d.Prom, g, now, r.d.PromTimeout)
 		if err != nil {
 			return fmt.Errorf("%w; nothing was changed", err)
 		}
-		r.baselines[g.Name] = &b
+		r.gates = append(r.gates, r.promGate(g, &b))
 		gv := state.GateValue{Name: g.Name, Verdict: "baseline", Value: state.Float(b.Value), Samples: state.Float(b.Samples), At: now.UTC()}
 		if g.Relative != plans.Absolute && !b.HasValue() {
 			gv.Message = "no baseline data (no traffic before?): this relative gate cannot judge"
@@ -322,15 +311,18 @@ func (r *run) probes(ctx context.Context) string {
 	return ""
 }
 
+// promGate is gate g of the stage, judged against baseline b.
+func (r *run) promGate(g plans.Gate, b *health.Baseline) *health.PromGate {
+	return &health.PromGate{Gate: g, Baseline: b, Querier: r.d.Prom, Timeout: r.d.PromTimeout}
+}
+
 func (r *run) soak(ctx context.Context, d time.Duration) health.Outcome {
 	checks := []health.Check{r.pods}
-	gates := map[string]plans.Gate{}
-	for _, g := range r.stage.Gates {
-		checks = append(checks, &health.PromGate{Gate: g, Baseline: r.baselines[g.Name], Querier: r.d.Prom, Timeout: r.d.PromTimeout})
-		gates[g.Name] = g
+	for _, g := range r.gates {
+		checks = append(checks, g)
 	}
 	runner := &health.Runner{
-		Checks: checks, Baselines: r.baselines, Gates: gates,
+		Checks:   checks,
 		Interval: r.o.GateInterval, MaxConsecutiveErrors: r.o.MaxConsecutiveErrors, Clock: r.d.Clock,
 		OnTick: func(t health.Tick) {
 			r.d.Progress.Tick(t)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
@@ -37,7 +36,6 @@ type env struct {
 	clients  map[string][]clientHit
 	hooks    map[string][]*inventory.WebhookBackend
 	services map[string]bool // "name.namespace"
-	partial  bool
 }
 
 // nsPlan is one namespace's analysis.
@@ -91,11 +89,6 @@ func newEnv(inv *inventory.Inventory, tel *telemetry.Result, opts Options) *env 
 		res:      mtlsmode.NewResolver(inv.RootNamespace, inv.PeerAuthentications),
 		flowsBy:  map[string][]*telemetry.Flow{},
 		services: make(map[string]bool, len(inv.Services)),
-	}
-	for _, w := range tel.Warnings {
-		if strings.HasPrefix(w, "prometheus warning") {
-			e.partial = true
-		}
 	}
 	for i := range tel.Plaintext {
 		f := &tel.Plaintext[i]

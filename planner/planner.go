@@ -16,13 +16,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/telemetry"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
 // Inputs are Build's clients and settings.
 type Inputs struct {
-	Prometheus telemetry.Querier
+	Prometheus istiometrics.Querier
 	Kube       kubernetes.Interface
 	Istio      istio.Interface
 	// Dynamic is optional: it reads APIServices and CRD conversion webhooks.

@@ -468,7 +468,7 @@ func noTelemetry(e *env, ns string, np *nsPlan) []plans.Risk {
 // partialTelemetry: Prometheus warned (partial response, truncated
 // results): the evidence may miss plaintext.
 func partialTelemetry(e *env, ns string, _ *nsPlan) []plans.Risk {
-	if !e.partial {
+	if !e.tel.Partial {
 		return nil
 	}
 	return []plans.Risk{{

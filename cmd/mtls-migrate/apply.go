@@ -14,6 +14,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/executor"
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
+	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
@@ -211,7 +212,7 @@ func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *pl
 		Prober: &probe.Prober{Timeout: o.ProbeTimeout, Exec: &probe.KubeExec{Config: clients.Config, Client: clients.Kube},
 			Namespace: namespace},
 		Events: &events.Kube{Client: clients.Kube}, Digest: policyDigest,
-		Clock: health.RealClock{}, Progress: progress, Log: log,
+		Clock: clock.Real{}, Progress: progress, Log: log,
 	}
 	opts := executor.Options{
 		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,

@@ -7,7 +7,7 @@ package gates
 import (
 	"fmt"
 
-	"github.com/mtls-migrate/mtls-migrate/internal/telemetry"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
@@ -39,19 +39,18 @@ const DefaultMinSamples = 10
 //     minSamples only fails when failures are a real share of the traffic.
 func Defaults(namespace string, window plans.Duration) []plans.Gate {
 	w := window.String()
-	dst, src := `reporter="destination"`, `reporter="source"`
-	if namespace != "" {
-		ns := telemetry.EscapeLabelValue(namespace)
-		dst += ",destination_workload_namespace=" + ns
-		src += ",destination_service_namespace=" + ns
+	dst, src := istiometrics.Destination(namespace), istiometrics.SourceToward(namespace)
+	rate := func(matchers ...string) string {
+		return fmt.Sprintf("sum(rate(%s{%s}[%s]))", istiometrics.RequestsTotal, istiometrics.Selector(matchers...), w)
 	}
-	rate := func(sel string) string { return fmt.Sprintf("sum(rate(istio_requests_total{%s}[%s]))", sel, w) }
-	dstSamples := fmt.Sprintf("sum(increase(istio_requests_total{%s}[%s]))", dst, w)
-	srcSamples := fmt.Sprintf("sum(increase(istio_requests_total{%s}[%s]))", src, w)
+	samples := func(sel string) string {
+		return fmt.Sprintf("sum(increase(%s{%s}[%s]))", istiometrics.RequestsTotal, sel, w)
+	}
+	dstSamples, srcSamples := samples(dst), samples(src)
 	return []plans.Gate{
 		{
 			Name:         "success-rate",
-			Query:        fmt.Sprintf("%s / %s", rate(dst+`,response_code!~"5.."`), rate(dst)),
+			Query:        fmt.Sprintf("%s / %s", rate(dst, istiometrics.NotRe(istiometrics.LabelResponseCode, "5..")), rate(dst)),
 			Comparison:   plans.GreaterOrEqual,
 			Threshold:    0.01,
 			Relative:     plans.BaselineMinus,
@@ -69,7 +68,7 @@ func Defaults(namespace string, window plans.Duration) []plans.Gate {
 		},
 		{
 			Name:         "client-error-rate",
-			Query:        fmt.Sprintf("(%s or vector(0)) / %s", rate(src+`,response_code=~"5..|0"`), rate(src)),
+			Query:        fmt.Sprintf("(%s or vector(0)) / %s", rate(src, istiometrics.Re(istiometrics.LabelResponseCode, "5..|0")), rate(src)),
 			Comparison:   plans.LessOrEqual,
 			Threshold:    0.02,
 			SamplesQuery: srcSamples,
@@ -77,7 +76,7 @@ func Defaults(namespace string, window plans.Duration) []plans.Gate {
 		},
 		{
 			Name:         "client-connection-failures",
-			Query:        fmt.Sprintf("(%s or vector(0)) / %s", rate(src+`,response_flags=~".*(UF|URX|UC).*"`), rate(src)),
+			Query:        fmt.Sprintf("(%s or vector(0)) / %s", rate(src, istiometrics.Re(istiometrics.LabelResponseFlags, ".*(UF|URX|UC).*")), rate(src)),
 			Comparison:   plans.LessOrEqual,
 			Threshold:    0.01,
 			SamplesQuery: srcSamples,
@@ -95,10 +94,9 @@ func Defaults(namespace string, window plans.Duration) []plans.Gate {
 // frontend-external is about a fifth). No baseline (the plaintext clients
 // moved away since the plan) leaves it Inconclusive, never failing.
 func PlaintextSources(namespace string, window plans.Duration) plans.Gate {
-	sel := `reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace=` + telemetry.EscapeLabelValue(namespace)
 	return plans.Gate{
 		Name:       "plaintext-request-rate",
-		Query:      fmt.Sprintf("sum(rate(istio_requests_total{%s}[%s]))", sel, window.String()),
+		Query:      fmt.Sprintf("sum(rate(%s{%s}[%s]))", istiometrics.RequestsTotal, istiometrics.DestinationPlaintext(namespace), window.String()),
 		Comparison: plans.GreaterOrEqual,
 		Threshold:  0.8,
 		Relative:   plans.BaselineTimes,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +103,10 @@ func (f *fakeProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Opti
 	return v, nil, nil, err
 }
 
+func (f *fakeProm) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("gates make no range queries")
+}
+
 func vec(v float64) model.Value { return model.Vector{&model.Sample{Value: model.SampleValue(v)}} }
 
 func TestRunnerSoak(t *testing.T) {
@@ -146,6 +151,47 @@ func TestRunnerSoak(t *testing.T) {
 				t.Fatalf("got healthy=%v reason=%q ticks=%d", out.Healthy, out.Reason, ticks)
 			}
 		})
+	}
+}
+
+// TestRunnerJudgesEachCheckByItsOwnSettings: the Runner takes a check's
+// gate and baseline from the check alone (no maps by name).
+func TestRunnerJudgesEachCheckByItsOwnSettings(t *testing.T) {
+	gate := plans.Gate{Name: "rate", Query: "q", Comparison: plans.GreaterOrEqual, Threshold: 1, SamplesQuery: "s", MinSamples: 10}
+	noRequests := func(q string, _ time.Time) (model.Value, error) {
+		if q == "s" {
+			return vec(0), nil
+		}
+		return vec(5), nil
+	}
+	tests := []struct {
+		name     string
+		baseline *Baseline
+		healthy  bool
+		reason   string
+	}{
+		{"baseline had requests: vanished traffic fails at the end", &Baseline{Value: 5, Samples: 100}, false, "gate rate: not enough requests to judge through the whole soak, although the baseline had 100"},
+		{"baseline had none: inconclusive throughout is not a failure", &Baseline{Value: nan, Samples: nan}, true, ""},
+		{"no baseline", nil, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &Runner{
+				Checks:   []Check{&PromGate{Gate: gate, Baseline: tt.baseline, Querier: &fakeProm{answer: noRequests}}},
+				Interval: time.Minute, MaxConsecutiveErrors: 3, Clock: &fakeClock{},
+			}
+			out := r.Soak(context.Background(), 3*time.Minute)
+			if out.Healthy != tt.healthy || !strings.Contains(out.Reason, tt.reason) {
+				t.Fatalf("got healthy=%v reason=%q", out.Healthy, out.Reason)
+			}
+		})
+	}
+}
+
+func TestPodCheckHasAZeroGateAndNoBaseline(t *testing.T) {
+	g, b := (&PodCheck{}).Settings()
+	if !reflect.DeepEqual(g, plans.Gate{Name: PodCheckName}) || b != nil {
+		t.Fatalf("Settings() = %+v, %v", g, b)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
 // PodCheck watches the readiness and restarts of a namespace's pods through
@@ -74,8 +76,11 @@ func (p *PodCheck) list(ctx context.Context) (map[types.UID]podState, error) {
 	return out, nil
 }
 
-// Name is PodCheckName.
-func (p *PodCheck) Name() string { return PodCheckName }
+// Settings are a zero gate named PodCheckName and no baseline: pod health
+// has no threshold or minimum of samples (a Failed result fails the stage,
+// K errors in a row do), and what it compares with is the pods recorded by
+// NewPodCheck, not a measured value.
+func (p *PodCheck) Settings() (plans.Gate, *Baseline) { return plans.Gate{Name: PodCheckName}, nil }
 
 // Check compares the pods with the ones recorded before the change: a pod
 // that was Ready and is not, or restarted, fails; so does a pod created

@@ -7,26 +7,22 @@ import (
 	"math"
 	"time"
 
-	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
-
-// Querier is the part of client_golang's v1.API the gates use; tests pass a
-// fake (as Argo Rollouts' Prometheus provider does).
-type Querier interface {
-	Query(ctx context.Context, query string, ts time.Time, opts ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error)
-}
 
 // ErrTooManySeries says a gate's query returned more than one series.
 var ErrTooManySeries = errors.New("the query returns more than one series; a gate needs a single value (wrap it in sum(...))")
 
-// QueryValue runs an instant query that must return one number. An empty
-// result is NaN with no error ("no data" is for the caller to judge, and
-// Evaluate never passes it).
-func QueryValue(ctx context.Context, q Querier, query string, ts time.Time) (float64, error) {
-	v, _, _, err := q.Query(ctx, query, ts)
+// QueryValue runs an instant query, bounded by timeout (0: ctx only), that
+// must return one number. An empty result is NaN with no error ("no data"
+// is for the caller to judge, and Evaluate never passes it).
+func QueryValue(ctx context.Context, q istiometrics.Querier, query string, ts time.Time, timeout time.Duration) (float64, error) {
+	// TODO(fail-closed): a warning (partial answer) is ignored here for now;
+	// the gate must not judge by it.
+	v, _, _, err := istiometrics.Instant(ctx, q, query, ts, timeout)
 	if err != nil {
 		return math.NaN(), fmt.Errorf("prometheus query %q: %w", query, err)
 	}
@@ -48,12 +44,12 @@ func QueryValue(ctx context.Context, q Querier, query string, ts time.Time) (flo
 }
 
 // Measure takes one measurement of a gate: its query and, when set, its
-// samples query.
-func Measure(ctx context.Context, q Querier, g plans.Gate, ts time.Time) Measurement {
+// samples query, each bounded by timeout (0: ctx only).
+func Measure(ctx context.Context, q istiometrics.Querier, g plans.Gate, ts time.Time, timeout time.Duration) Measurement {
 	m := Measurement{Samples: math.NaN()}
-	m.Value, m.Err = QueryValue(ctx, q, g.Query, ts)
+	m.Value, m.Err = QueryValue(ctx, q, g.Query, ts, timeout)
 	if m.Err == nil && g.SamplesQuery != "" {
-		m.Samples, m.Err = QueryValue(ctx, q, g.SamplesQuery, ts)
+		m.Samples, m.Err = QueryValue(ctx, q, g.SamplesQuery, ts, timeout)
 	}
 	return m
 }
@@ -61,8 +57,8 @@ func Measure(ctx context.Context, q Querier, g plans.Gate, ts time.Time) Measure
 // MeasureBaseline measures a gate once before the change. A query error is
 // returned (the executor must not start without a baseline it could not
 // take); no data is a baseline without a value, recorded as such.
-func MeasureBaseline(ctx context.Context, q Querier, g plans.Gate, ts time.Time) (Baseline, error) {
-	m := Measure(ctx, q, g, ts)
+func MeasureBaseline(ctx context.Context, q istiometrics.Querier, g plans.Gate, ts time.Time, timeout time.Duration) (Baseline, error) {
+	m := Measure(ctx, q, g, ts, timeout)
 	if m.Err != nil {
 		return Baseline{Value: math.NaN(), Samples: math.NaN()}, fmt.Errorf("baseline of gate %s: %w", g.Name, m.Err)
 	}
@@ -73,20 +69,15 @@ func MeasureBaseline(ctx context.Context, q Querier, g plans.Gate, ts time.Time)
 type PromGate struct {
 	Gate     plans.Gate
 	Baseline *Baseline
-	Querier  Querier
+	Querier  istiometrics.Querier
 	// Timeout bounds each query (0: the caller's context only).
 	Timeout time.Duration
 }
 
-// Name is the gate's name.
-func (p *PromGate) Name() string { return p.Gate.Name }
+// Settings are the plan's gate and its baseline.
+func (p *PromGate) Settings() (plans.Gate, *Baseline) { return p.Gate, p.Baseline }
 
 // Check measures and evaluates the gate.
 func (p *PromGate) Check(ctx context.Context, now time.Time) Result {
-	if p.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.Timeout)
-		defer cancel()
-	}
-	return Evaluate(p.Gate, p.Baseline, Measure(ctx, p.Querier, p.Gate, now))
+	return Evaluate(p.Gate, p.Baseline, Measure(ctx, p.Querier, p.Gate, now, p.Timeout))
 }

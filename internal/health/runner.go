@@ -4,38 +4,17 @@ import (
 	"context"
 	"time"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
 // Check is one health signal evaluated through the soak.
 type Check interface {
-	Name() string
+	// Settings are what the check's results are judged by through the
+	// soak (see Tracker): its gate, whose name names the check, and the
+	// baseline measured before the change (nil when none).
+	Settings() (plans.Gate, *Baseline)
 	Check(ctx context.Context, now time.Time) Result
-}
-
-// Clock is the time source of the soak, injected so tests run instantly.
-type Clock interface {
-	Now() time.Time
-	// Sleep waits d or until ctx is done (then it returns ctx.Err()).
-	Sleep(ctx context.Context, d time.Duration) error
-}
-
-// RealClock is the wall clock.
-type RealClock struct{}
-
-// Now is time.Now.
-func (RealClock) Now() time.Time { return time.Now() }
-
-// Sleep waits d or until ctx is done.
-func (RealClock) Sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Tick is what the runner reports after each round of evaluations.
@@ -47,11 +26,9 @@ type Tick struct {
 // Runner evaluates every check each Interval for the length of the soak.
 type Runner struct {
 	Checks               []Check
-	Baselines            map[string]*Baseline // by check name, for Tracker.Finish
-	Gates                map[string]plans.Gate
 	Interval             time.Duration
 	MaxConsecutiveErrors int
-	Clock                Clock
+	Clock                clock.Clock
 	// OnTick, when set, sees each round (progress output, state records).
 	OnTick func(Tick)
 }
@@ -72,8 +49,8 @@ type Outcome struct {
 func (r *Runner) Soak(ctx context.Context, d time.Duration) Outcome {
 	trackers := make([]*Tracker, len(r.Checks))
 	for i, c := range r.Checks {
-		trackers[i] = &Tracker{Gate: r.Gates[c.Name()], Baseline: r.Baselines[c.Name()], MaxConsecutiveErrors: r.MaxConsecutiveErrors}
-		trackers[i].Gate.Name = c.Name()
+		g, b := c.Settings()
+		trackers[i] = &Tracker{Gate: g, Baseline: b, MaxConsecutiveErrors: r.MaxConsecutiveErrors}
 	}
 	last := func() []Result {
 		out := make([]Result, len(trackers))

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
@@ -81,10 +82,9 @@ type Prober struct {
 	Exec Execer
 	// Namespace is where exec probes' pods are when the probe names only a pod.
 	Namespace string
-	// Sleep waits between attempts (nil: real time).
-	Sleep func(ctx context.Context, d time.Duration) error
-	// Now is the clock for retry deadlines (nil: time.Now).
-	Now func() time.Time
+	// Clock times the retries: their deadline and the waits between
+	// attempts (nil: the wall clock).
+	Clock clock.Clock
 }
 
 // Once makes one attempt.
@@ -109,19 +109,15 @@ type Result struct {
 // Until repeats the probe until want(observation) holds or within has
 // passed (the change takes a moment to reach every proxy), at least once.
 func (p *Prober) Until(ctx context.Context, pr plans.Probe, want func(Observation) bool, within time.Duration) Result {
-	now := p.Now
-	if now == nil {
-		now = time.Now
-	}
-	sleep := p.Sleep
-	if sleep == nil {
-		sleep = realSleep
+	clk := p.Clock
+	if clk == nil {
+		clk = clock.Real{}
 	}
 	interval := p.Interval
 	if interval <= 0 {
 		interval = time.Second
 	}
-	deadline := now().Add(within)
+	deadline := clk.Now().Add(within)
 	r := Result{Name: pr.Name}
 	for {
 		r.Attempts++
@@ -130,10 +126,10 @@ func (p *Prober) Until(ctx context.Context, pr plans.Probe, want func(Observatio
 			r.OK = true
 			return r
 		}
-		if !now().Before(deadline) || ctx.Err() != nil {
+		if !clk.Now().Before(deadline) || ctx.Err() != nil {
 			return r
 		}
-		if err := sleep(ctx, interval); err != nil {
+		if err := clk.Sleep(ctx, interval); err != nil {
 			return r
 		}
 	}
@@ -142,15 +138,4 @@ func (p *Prober) Until(ctx context.Context, pr plans.Probe, want func(Observatio
 // Expect repeats the probe until its plan expectation holds.
 func (p *Prober) Expect(ctx context.Context, pr plans.Probe, within time.Duration) Result {
 	return p.Until(ctx, pr, func(o Observation) bool { return Satisfied(pr.Expect, o) }, within)
-}
-
-func realSleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

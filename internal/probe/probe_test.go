@@ -140,23 +140,47 @@ func TestExecProbe(t *testing.T) {
 	}
 }
 
-func TestUntilRetriesUntilExpectationOrDeadline(t *testing.T) {
-	now := time.Unix(0, 0)
-	fe := &fakeExec{out: "200"}
-	p := &Prober{Exec: fe, Interval: time.Second, Now: func() time.Time { return now }, Sleep: func(_ context.Context, d time.Duration) error {
-		now = now.Add(d)
-		if now.Sub(time.Unix(0, 0)) >= 3*time.Second {
-			fe.out, fe.code = "000", 56 // the change reached the proxy
-		}
-		return nil
-	}}
-	pr := plans.Probe{Name: "x", Kind: plans.ProbeExec, URL: "http://x/", Pod: "p", Expect: plans.Expect{Refused: true}}
-	if r := p.Expect(context.Background(), pr, 10*time.Second); !r.OK || r.Attempts != 4 {
-		t.Fatalf("got %+v", r)
+// fakeClock advances only when slept on; onSleep sees the new time.
+type fakeClock struct {
+	now     time.Time
+	onSleep func(now time.Time)
+}
+
+func (c *fakeClock) Now() time.Time { return c.now }
+func (c *fakeClock) Sleep(_ context.Context, d time.Duration) error {
+	c.now = c.now.Add(d)
+	if c.onSleep != nil {
+		c.onSleep(c.now)
 	}
-	now, fe.out, fe.code = time.Unix(100, 0), "200", 0
-	p.Sleep = func(_ context.Context, d time.Duration) error { now = now.Add(d); return nil }
-	if r := p.Expect(context.Background(), pr, 5*time.Second); r.OK || r.Attempts != 6 {
-		t.Fatalf("got %+v", r)
+	return nil
+}
+
+func TestUntilRetriesUntilExpectationOrDeadline(t *testing.T) {
+	pr := plans.Probe{Name: "x", Kind: plans.ProbeExec, URL: "http://x/", Pod: "p", Expect: plans.Expect{Refused: true}}
+	tests := []struct {
+		name string
+		// refusedAfter is when the change reaches the proxy (0: never).
+		refusedAfter time.Duration
+		within       time.Duration
+		wantOK       bool
+		wantAttempts int
+	}{
+		{"refused once the change reaches the proxy", 3 * time.Second, 10 * time.Second, true, 4},
+		{"never refused: gives up at the deadline", 0, 5 * time.Second, false, 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Unix(100, 0)
+			fe := &fakeExec{out: "200"}
+			clk := &fakeClock{now: start, onSleep: func(now time.Time) {
+				if tt.refusedAfter > 0 && now.Sub(start) >= tt.refusedAfter {
+					fe.out, fe.code = "000", 56
+				}
+			}}
+			p := &Prober{Exec: fe, Interval: time.Second, Clock: clk}
+			if r := p.Expect(context.Background(), pr, tt.within); r.OK != tt.wantOK || r.Attempts != tt.wantAttempts {
+				t.Fatalf("got %+v, want ok=%v after %d attempts", r, tt.wantOK, tt.wantAttempts)
+			}
+		})
 	}
 }

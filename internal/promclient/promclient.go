@@ -7,7 +7,6 @@
 package promclient
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -97,15 +96,4 @@ func New(o Options) (v1.API, error) {
 		return nil, fmt.Errorf("prometheus client for %s: %w", o.URL, err)
 	}
 	return v1.NewAPI(c), nil
-}
-
-// Ping checks that Prometheus answers, with a message saying what to do
-// when it does not.
-func Ping(ctx context.Context, api v1.API, o Options) error {
-	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
-	if _, _, _, err := api.Query(ctx, "vector(1)", time.Now()); err != nil {
-		return fmt.Errorf("prometheus at %s did not answer within %s: %w; check --prometheus-url, --prometheus-ca-file and --prometheus-bearer-token-file", o.URL, o.Timeout, err)
-	}
-	return nil
 }

@@ -84,15 +84,12 @@ func TestClientSendsTokenAndHeadersAndNeverPrintsToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = Ping(context.Background(), api, o)
+	_, _, _, err = api.Query(context.Background(), "vector(1)", time.Now())
 	if err == nil {
-		t.Fatal("Ping succeeded against a server answering errors")
+		t.Fatal("the query succeeded against a server answering errors")
 	}
 	if strings.Contains(err.Error(), "s3cret") {
 		t.Fatalf("error leaks the token: %v", err)
-	}
-	if !strings.Contains(err.Error(), "--prometheus-url") {
-		t.Fatalf("error does not say what to check: %v", err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -101,16 +98,5 @@ func TestClientSendsTokenAndHeadersAndNeverPrintsToken(t *testing.T) {
 	}
 	if gotTenant != "tenant-1" {
 		t.Fatalf("X-Scope-OrgID = %q", gotTenant)
-	}
-}
-
-func TestPingUnreachable(t *testing.T) {
-	o := Options{URL: "http://127.0.0.1:1", Timeout: 2 * time.Second}
-	api, err := New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Ping(context.Background(), api, o); err == nil || !strings.Contains(err.Error(), "did not answer") {
-		t.Fatalf("err = %v", err)
 	}
 }

@@ -18,21 +18,16 @@ import (
 	"sort"
 	"time"
 
-	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 	istio "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/mtlsmode"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
-
-// Querier is the part of client_golang's v1.API status uses.
-type Querier interface {
-	Query(ctx context.Context, query string, ts time.Time, opts ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error)
-}
 
 // Inputs are what Build reads.
 type Inputs struct {
@@ -48,7 +43,7 @@ type Inputs struct {
 	Plan       *plans.Plan
 	PlanDigest string
 	// Prometheus is nil when none is configured; rates are then unknown.
-	Prometheus        Querier
+	Prometheus        istiometrics.Querier
 	PrometheusURL     string
 	PrometheusTimeout time.Duration
 	// RateWindow is the range of rate() in the plaintext query.
@@ -406,11 +401,11 @@ const (
 // this is the plaintext still accepted.
 func PlaintextQuery(window time.Duration) string {
 	w := model.Duration(window).String()
-	sel := `reporter="destination",connection_security_policy!="mutual_tls"`
+	sel := istiometrics.DestinationPlaintext("")
 	part := func(metric, kind string) string {
-		return fmt.Sprintf(`label_replace(sum by (destination_workload_namespace) (rate(%s{%s}[%s])), %q, %q, "", "")`, metric, sel, w, kindLabel, kind)
+		return fmt.Sprintf(`label_replace(sum by (%s) (rate(%s{%s}[%s])), %q, %q, "", "")`, istiometrics.LabelDestinationWorkloadNamespace, metric, sel, w, kindLabel, kind)
 	}
-	return part("istio_requests_total", kindRequests) + " or " + part("istio_tcp_connections_opened_total", kindConnections)
+	return part(istiometrics.RequestsTotal, kindRequests) + " or " + part(istiometrics.TCPConnectionsOpened, kindConnections)
 }
 
 // plaintextRates runs PlaintextQuery. A namespace absent from a successful
@@ -419,12 +414,7 @@ func plaintextRates(ctx context.Context, in Inputs, now time.Time) (map[string]f
 	if in.Prometheus == nil {
 		return nil, nil, errors.New("no Prometheus configured (pass --prometheus-url or set PROMETHEUS_URL)")
 	}
-	if in.PrometheusTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, in.PrometheusTimeout)
-		defer cancel()
-	}
-	val, warns, infos, err := in.Prometheus.Query(ctx, PlaintextQuery(in.RateWindow), now)
+	val, warns, infos, err := istiometrics.Instant(ctx, in.Prometheus, PlaintextQuery(in.RateWindow), now, in.PrometheusTimeout)
 	if err != nil {
 		return nil, nil, fmt.Errorf("prometheus at %s did not answer: %w; check --prometheus-url and --prometheus-timeout", in.PrometheusURL, err)
 	}
@@ -443,11 +433,11 @@ func plaintextRates(ctx context.Context, in Inputs, now time.Time) (map[string]f
 	for _, s := range vec {
 		v := float64(s.Value)
 		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return nil, out, fmt.Errorf("prometheus at %s answered %v for namespace %q", in.PrometheusURL, v, s.Metric["destination_workload_namespace"])
+			return nil, out, fmt.Errorf("prometheus at %s answered %v for namespace %q", in.PrometheusURL, v, s.Metric[istiometrics.LabelDestinationWorkloadNamespace])
 		}
 		switch string(s.Metric[kindLabel]) {
 		case kindRequests, kindConnections:
-			rates[string(s.Metric["destination_workload_namespace"])] += v
+			rates[string(s.Metric[istiometrics.LabelDestinationWorkloadNamespace])] += v
 		}
 	}
 	return rates, out, nil

@@ -28,6 +28,7 @@ import (
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -57,6 +58,10 @@ func (f *fakeProm) Query(_ context.Context, q string, _ time.Time, _ ...v1.Optio
 		return nil, nil, nil, f.err
 	}
 	return f.vec, f.warns, nil, nil
+}
+
+func (f *fakeProm) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("status makes no range queries")
 }
 
 func sample(ns, kind string, v float64) *model.Sample {
@@ -138,7 +143,7 @@ func shop() (kube, istio []runtime.Object) {
 	return kube, istio
 }
 
-func inputs(kube, istio []runtime.Object, store state.Store, prom Querier) Inputs {
+func inputs(kube, istio []runtime.Object, store state.Store, prom istiometrics.Querier) Inputs {
 	in := Inputs{
 		Kube: k8sfake.NewClientset(kube...), Istio: istiofake.NewSimpleClientset(istio...),
 		Store: store, StateNamespace: "mtls-migrate",
@@ -420,7 +425,7 @@ func TestStatusPlaintextRateUnknownWhenPrometheusCannotTell(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		prom Querier
+		prom istiometrics.Querier
 		// want is per namespace; nil means unknown.
 		want     map[string]*float64
 		wantWarn string

@@ -31,14 +31,9 @@ import (
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
-)
 
-// Querier is the part of client_golang's v1.API the planner uses; tests
-// pass a fake.
-type Querier interface {
-	Query(ctx context.Context, query string, ts time.Time, opts ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error)
-	QueryRange(ctx context.Context, query string, r v1.Range, opts ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error)
-}
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
+)
 
 // MaxSteps bounds the points per series of a range query (see the package
 // comment).
@@ -85,7 +80,7 @@ type Flow struct {
 
 // Unknown is Istio's value for a peer it could not identify (no sidecar, or
 // outside the mesh).
-const Unknown = "unknown"
+const Unknown = istiometrics.Unknown
 
 // Result is what the planner reads.
 type Result struct {
@@ -103,49 +98,10 @@ type Result struct {
 	Queries []string
 	// Warnings are Prometheus' warnings and infos, prefixed with the query.
 	Warnings []string
-}
-
-// EscapeLabelValue quotes s as a PromQL label value (a Go-style double-quoted
-// string, which PromQL accepts), so a value can never end the matcher.
-func EscapeLabelValue(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch r {
-		case '\\':
-			b.WriteString(`\\`)
-		case '"':
-			b.WriteString(`\"`)
-		case '\n':
-			b.WriteString(`\n`)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
-}
-
-// EscapeRegexValue returns a regex label-matcher value matching exactly one
-// of the given strings (RE2 metacharacters escaped, then quoted).
-func EscapeRegexValue(values []string) string {
-	parts := make([]string, len(values))
-	for i, v := range values {
-		parts[i] = regexpQuote(v)
-	}
-	return EscapeLabelValue(strings.Join(parts, "|"))
-}
-
-func regexpQuote(s string) string {
-	const special = `\.+*?()|[]{}^$`
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(special, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
+	// Partial is set when Prometheus answered some query with a warning
+	// (partial response, truncated result): the evidence may be incomplete.
+	// Infos alone do not set it.
+	Partial bool
 }
 
 // Step returns the range-query step for a window: window/MaxSteps rounded
@@ -161,9 +117,9 @@ func Step(window time.Duration) time.Duration {
 }
 
 // The groupings of the two traffic queries.
-const (
-	aggregateBy = "reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy"
-	detailBy    = "destination_workload_namespace, destination_workload, source_workload, source_workload_namespace, source_principal"
+var (
+	aggregateBy = istiometrics.Grouping(istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelSourceWorkloadNamespace, istiometrics.LabelConnectionSecurityPolicy)
+	detailBy    = istiometrics.Grouping(istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelDestinationWorkload, istiometrics.LabelSourceWorkload, istiometrics.LabelSourceWorkloadNamespace, istiometrics.LabelSourcePrincipal)
 )
 
 // Kinds of series, set by label_replace so one query carries several metrics.
@@ -182,15 +138,15 @@ func Queries(o Options) []string {
 	if len(o.Namespaces) > 0 {
 		ns := append([]string(nil), o.Namespaces...)
 		sort.Strings(ns)
-		dst = ",destination_workload_namespace=~" + EscapeRegexValue(ns)
-		src = ",source_workload_namespace=~" + EscapeRegexValue(ns)
+		dst = istiometrics.OneOf(istiometrics.LabelDestinationWorkloadNamespace, ns)
+		src = istiometrics.OneOf(istiometrics.LabelSourceWorkloadNamespace, ns)
 	}
 	kinds := func(by, sel string, withBytes bool) string {
-		metrics := []struct{ kind, name string }{{kindRequests, "istio_requests_total"}, {kindConnections, "istio_tcp_connections_opened_total"}}
+		metrics := []struct{ kind, name string }{{kindRequests, istiometrics.RequestsTotal}, {kindConnections, istiometrics.TCPConnectionsOpened}}
 		if withBytes {
 			// A long-lived connection opened before the window shows no new
 			// connections_opened; its bytes do.
-			metrics = append(metrics, struct{ kind, name string }{kindBytes, "istio_tcp_received_bytes_total"})
+			metrics = append(metrics, struct{ kind, name string }{kindBytes, istiometrics.TCPReceivedBytes})
 		}
 		var parts []string
 		for _, m := range metrics {
@@ -198,24 +154,23 @@ func Queries(o Options) []string {
 		}
 		return strings.Join(parts, " or ")
 	}
-	aggSel := `reporter=~"source|destination"` + dst
+	aggSel := istiometrics.Selector(istiometrics.OneOf(istiometrics.LabelReporter, []string{istiometrics.ReporterSource, istiometrics.ReporterDestination}), dst)
 	if src != "" {
 		// Restricted: traffic into the namespaces, or reported by them as clients.
-		aggSel = `reporter="destination"` + dst
+		aggSel = istiometrics.Selector(istiometrics.ByDestination, dst)
 	}
 	agg := kinds(aggregateBy, aggSel, false)
 	if src != "" {
-		agg += " or " + kinds(aggregateBy, `reporter="source"`+src, false)
+		agg += " or " + kinds(aggregateBy, istiometrics.Selector(istiometrics.BySource, src), false)
 	}
-	// Classify on the destination's report: the source side always reports
-	// connection_security_policy="unknown".
-	detail := kinds(detailBy, `reporter="destination",connection_security_policy!="mutual_tls"`+dst, true)
-	version := `count by (component, tag) (istio_build)`
+	// Classified on the destination's report (see istiometrics.DestinationPlaintext).
+	detail := kinds(detailBy, istiometrics.Selector(istiometrics.DestinationPlaintext(""), dst), true)
+	version := fmt.Sprintf(`count by (%s) (%s)`, istiometrics.Grouping(istiometrics.LabelComponent, istiometrics.LabelTag), istiometrics.Build)
 	return []string{agg, detail, version}
 }
 
 // Fetch runs the queries and parses the answers.
-func Fetch(ctx context.Context, q Querier, o Options) (*Result, error) {
+func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, error) {
 	if o.Window <= 0 {
 		return nil, errors.New("telemetry window must be positive")
 	}
@@ -228,10 +183,6 @@ func Fetch(ctx context.Context, q Querier, o Options) (*Result, error) {
 
 	names := []string{"aggregate traffic", "plaintext flows", "istio version"}
 	for i, query := range qs {
-		qctx, cancel := ctx, context.CancelFunc(func() {})
-		if o.Timeout > 0 {
-			qctx, cancel = context.WithTimeout(ctx, o.Timeout)
-		}
 		var (
 			val   model.Value
 			warns v1.Warnings
@@ -239,13 +190,15 @@ func Fetch(ctx context.Context, q Querier, o Options) (*Result, error) {
 			err   error
 		)
 		if i < 2 {
-			val, warns, infos, err = q.QueryRange(qctx, query, rng)
+			val, warns, infos, err = istiometrics.Range(ctx, q, query, rng, o.Timeout)
 		} else {
-			val, warns, infos, err = q.Query(qctx, query, end)
+			val, warns, infos, err = istiometrics.Instant(ctx, q, query, end, o.Timeout)
 		}
-		cancel()
 		if err != nil {
 			return nil, queryError(o, names[i], err)
+		}
+		if len(warns) > 0 {
+			res.Partial = true
 		}
 		for _, w := range warns {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus warning (%s): %s", names[i], w))
@@ -324,15 +277,15 @@ func (r *Result) parseAggregate(v model.Value) error {
 	}
 	for _, ss := range m {
 		l := ss.Metric
-		dst, src := string(l["destination_workload_namespace"]), string(l["source_workload_namespace"])
+		dst, src := string(l[istiometrics.LabelDestinationWorkloadNamespace]), string(l[istiometrics.LabelSourceWorkloadNamespace])
 		total, _ := sumSeries(ss)
-		switch string(l["reporter"]) {
-		case "source":
+		switch string(l[istiometrics.LabelReporter]) {
+		case istiometrics.ReporterSource:
 			if src != "" && src != Unknown {
 				r.Reporting[src] = true
 			}
 			continue
-		case "destination":
+		case istiometrics.ReporterDestination:
 		default:
 			continue
 		}
@@ -344,7 +297,7 @@ func (r *Result) parseAggregate(v model.Value) error {
 		if src != "" && src != Unknown && src != dst && total > 0 {
 			t.Sources[src] = struct{}{}
 		}
-		mtls := string(l["connection_security_policy"]) == "mutual_tls"
+		mtls := string(l[istiometrics.LabelConnectionSecurityPolicy]) == istiometrics.MutualTLS
 		switch string(l[kindLabel]) {
 		case kindRequests:
 			if mtls {
@@ -376,7 +329,7 @@ func (r *Result) parseDetail(v model.Value) error {
 		if total <= 0 {
 			continue
 		}
-		k := key{string(l["destination_workload_namespace"]), string(l["destination_workload"]), string(l["source_workload"]), string(l["source_workload_namespace"]), string(l["source_principal"])}
+		k := key{string(l[istiometrics.LabelDestinationWorkloadNamespace]), string(l[istiometrics.LabelDestinationWorkload]), string(l[istiometrics.LabelSourceWorkload]), string(l[istiometrics.LabelSourceWorkloadNamespace]), string(l[istiometrics.LabelSourcePrincipal])}
 		i, ok := idx[k]
 		if !ok {
 			i = len(r.Plaintext)
@@ -418,7 +371,7 @@ func (r *Result) parseVersion(v model.Value) error {
 	}
 	tags := map[string]map[string]bool{}
 	for _, s := range vec {
-		c, t := string(s.Metric["component"]), string(s.Metric["tag"])
+		c, t := string(s.Metric[istiometrics.LabelComponent]), string(s.Metric[istiometrics.LabelTag])
 		if t == "" {
 			continue
 		}

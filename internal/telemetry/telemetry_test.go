@@ -11,24 +11,6 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-func TestEscapeLabelValue(t *testing.T) {
-	tests := map[string]string{
-		"cart":            `"cart"`,
-		`a"b`:             `"a\"b"`,
-		`a\b`:             `"a\\b"`,
-		"x\ny":            `"x\ny"`,
-		`"}) or vector(1`: `"\"}) or vector(1"`,
-	}
-	for in, want := range tests {
-		if got := EscapeLabelValue(in); got != want {
-			t.Errorf("EscapeLabelValue(%q) = %s, want %s", in, got, want)
-		}
-	}
-	if got := EscapeRegexValue([]string{"a.b", "c"}); got != `"a\\.b|c"` {
-		t.Errorf("EscapeRegexValue = %s", got)
-	}
-}
-
 func TestStepKeepsQueriesSmall(t *testing.T) {
 	tests := []struct {
 		window, want time.Duration
@@ -83,6 +65,30 @@ func TestFetchReportsWarningsAndInfos(t *testing.T) {
 	joined := strings.Join(res.Warnings, "\n")
 	if !strings.Contains(joined, "prometheus warning (aggregate traffic): partial response") || !strings.Contains(joined, "prometheus info") {
 		t.Errorf("warnings = %v", res.Warnings)
+	}
+}
+
+func TestFetchIsPartialOnlyWhenPrometheusWarns(t *testing.T) {
+	tests := []struct {
+		name  string
+		warns v1.Warnings
+		infos v1.Infos
+		want  bool
+	}{
+		{"warning", v1.Warnings{"partial response"}, nil, true},
+		{"info only", nil, v1.Infos{"metric might not be a counter"}, false},
+		{"neither", nil, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := Fetch(context.Background(), fake{val: model.Matrix{}, warns: tt.warns, infos: tt.infos}, Options{Window: time.Hour, Now: time.Unix(1e9, 0)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Partial != tt.want {
+				t.Errorf("Partial = %v, want %v", res.Partial, tt.want)
+			}
+		})
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 )
 
 // Flow is traffic of one kind between two workloads, with a constant
@@ -19,7 +21,7 @@ type Flow struct {
 	Reporter                    string // "destination" (default) or "source"
 	DstNS, DstWorkload          string
 	SrcNS, SrcWorkload, SrcPrin string
-	// CSP is connection_security_policy ("mutual_tls", "none").
+	// CSP is the connection security policy label ("mutual_tls", "none").
 	CSP string
 	// Kind is "requests" (default), "connections" or "bytes".
 	Kind    string
@@ -48,7 +50,7 @@ func (f *Fake) Calls() []string {
 	return append([]string(nil), f.calls...)
 }
 
-// Query answers the istio_build query.
+// Query answers the Istio version query.
 func (f *Fake) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
 	f.mu.Lock()
 	f.calls = append(f.calls, q)
@@ -58,7 +60,7 @@ func (f *Fake) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) 
 	}
 	var vec model.Vector
 	for c, t := range f.Versions {
-		vec = append(vec, &model.Sample{Metric: model.Metric{"component": model.LabelValue(c), "tag": model.LabelValue(t)}, Value: 1, Timestamp: model.TimeFromUnixNano(ts.UnixNano())})
+		vec = append(vec, &model.Sample{Metric: model.Metric{istiometrics.LabelComponent: model.LabelValue(c), istiometrics.LabelTag: model.LabelValue(t)}, Value: 1, Timestamp: model.TimeFromUnixNano(ts.UnixNano())})
 	}
 	return vec, f.Warnings, f.Infos, nil
 }
@@ -84,7 +86,7 @@ func (f *Fake) answer(q string, r v1.Range) model.Value {
 	if v, ok := f.answers[q]; ok {
 		return v
 	}
-	detail := strings.Contains(q, `connection_security_policy!="mutual_tls"`)
+	detail := strings.Contains(q, istiometrics.NotMutualTLS)
 	steps := int(r.End.Sub(r.Start)/r.Step) + 1
 	type acc struct {
 		m    model.Metric
@@ -95,7 +97,7 @@ func (f *Fake) answer(q string, r v1.Range) model.Value {
 	for _, fl := range f.Flows {
 		rep := fl.Reporter
 		if rep == "" {
-			rep = "destination"
+			rep = istiometrics.ReporterDestination
 		}
 		kind := fl.Kind
 		if kind == "" {
@@ -103,21 +105,21 @@ func (f *Fake) answer(q string, r v1.Range) model.Value {
 		}
 		var m model.Metric
 		if detail {
-			if rep != "destination" || fl.CSP == "mutual_tls" {
+			if rep != istiometrics.ReporterDestination || fl.CSP == istiometrics.MutualTLS {
 				continue
 			}
-			m = model.Metric{"destination_workload_namespace": lv(fl.DstNS), "destination_workload": lv(fl.DstWorkload),
-				"source_workload": lv(fl.SrcWorkload), "source_workload_namespace": lv(fl.SrcNS), "source_principal": lv(fl.SrcPrin), "mm_kind": lv(kind)}
+			m = model.Metric{istiometrics.LabelDestinationWorkloadNamespace: lv(fl.DstNS), istiometrics.LabelDestinationWorkload: lv(fl.DstWorkload),
+				istiometrics.LabelSourceWorkload: lv(fl.SrcWorkload), istiometrics.LabelSourceWorkloadNamespace: lv(fl.SrcNS), istiometrics.LabelSourcePrincipal: lv(fl.SrcPrin), "mm_kind": lv(kind)}
 		} else {
 			if kind == "bytes" {
 				continue
 			}
 			csp := fl.CSP
-			if rep == "source" {
-				csp = "unknown"
+			if rep == istiometrics.ReporterSource {
+				csp = istiometrics.Unknown
 			}
-			m = model.Metric{"reporter": lv(rep), "destination_workload_namespace": lv(fl.DstNS), "source_workload_namespace": lv(fl.SrcNS),
-				"connection_security_policy": lv(csp), "mm_kind": lv(kind)}
+			m = model.Metric{istiometrics.LabelReporter: lv(rep), istiometrics.LabelDestinationWorkloadNamespace: lv(fl.DstNS), istiometrics.LabelSourceWorkloadNamespace: lv(fl.SrcNS),
+				istiometrics.LabelConnectionSecurityPolicy: lv(csp), "mm_kind": lv(kind)}
 		}
 		key := m.String()
 		a := series[key]
@@ -150,7 +152,7 @@ func (f *Fake) answer(q string, r v1.Range) model.Value {
 
 func lv(s string) model.LabelValue {
 	if s == "" {
-		return "unknown"
+		return istiometrics.Unknown
 	}
 	return model.LabelValue(s)
 }

@@ -1,0 +1,115 @@
+package istiometrics
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+)
+
+func TestEscapeLabelValue(t *testing.T) {
+	tests := map[string]string{
+		"cart":            `"cart"`,
+		`a"b`:             `"a\"b"`,
+		`a\b`:             `"a\\b"`,
+		"x\ny":            `"x\ny"`,
+		`"}) or vector(1`: `"\"}) or vector(1"`,
+	}
+	for in, want := range tests {
+		if got := EscapeLabelValue(in); got != want {
+			t.Errorf("EscapeLabelValue(%q) = %s, want %s", in, got, want)
+		}
+	}
+	if got := EscapeRegexValue([]string{"a.b", "c"}); got != `"a\\.b|c"` {
+		t.Errorf("EscapeRegexValue = %s", got)
+	}
+}
+
+func TestSelectorsNameTheNamespaceOrTheWholeMesh(t *testing.T) {
+	tests := []struct {
+		name string
+		got  string
+		want string
+	}{
+		{"plaintext into a namespace", DestinationPlaintext("cart"), `reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"`},
+		{"plaintext mesh-wide", DestinationPlaintext(""), `reporter="destination",connection_security_policy!="mutual_tls"`},
+		{"plaintext namespace escaped", DestinationPlaintext(`a"}`), `reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="a\"}"`},
+		{"destination into a namespace", Destination("cart"), `reporter="destination",destination_workload_namespace="cart"`},
+		{"destination mesh-wide", Destination(""), `reporter="destination"`},
+		{"source toward a namespace", SourceToward("cart"), `reporter="source",destination_service_namespace="cart"`},
+		{"source mesh-wide", SourceToward(""), `reporter="source"`},
+		{"one of, escaped", OneOf(LabelReporter, []string{"source", "a.b"}), `reporter=~"source|a\\.b"`},
+		{"regex quoted, not escaped", Selector(NotRe(LabelResponseCode, "5.."), Re(LabelResponseFlags, ".*(UF|URX|UC).*")), `response_code!~"5..",response_flags=~".*(UF|URX|UC).*"`},
+		{"grouping", Grouping(LabelSourceWorkload, LabelSourceWorkloadNamespace), "source_workload, source_workload_namespace"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.got != tt.want {
+				t.Errorf("got  %s\nwant %s", tt.got, tt.want)
+			}
+		})
+	}
+}
+
+// fakeQuerier records whether each call had a deadline and answers with
+// fixed warnings and infos.
+type fakeQuerier struct {
+	deadline bool
+	warns    v1.Warnings
+	infos    v1.Infos
+	err      error
+}
+
+func (f *fakeQuerier) Query(ctx context.Context, _ string, _ time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	_, f.deadline = ctx.Deadline()
+	return model.Vector{}, f.warns, f.infos, f.err
+}
+
+func (f *fakeQuerier) QueryRange(ctx context.Context, _ string, _ v1.Range, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	_, f.deadline = ctx.Deadline()
+	return model.Matrix{}, f.warns, f.infos, f.err
+}
+
+func TestQueriesApplyTheTimeoutAndReturnWarnings(t *testing.T) {
+	tests := []struct {
+		name         string
+		timeout      time.Duration
+		rangeQuery   bool
+		err          error
+		wantDeadline bool
+	}{
+		{"instant with timeout", time.Second, false, nil, true},
+		{"instant without timeout", 0, false, nil, false},
+		{"range with timeout", time.Second, true, nil, true},
+		{"range without timeout", 0, true, nil, false},
+		{"error passed through with warnings", time.Second, false, errors.New("boom"), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeQuerier{warns: v1.Warnings{"partial response"}, infos: v1.Infos{"not a counter"}, err: tt.err}
+			var (
+				warns v1.Warnings
+				infos v1.Infos
+				err   error
+			)
+			if tt.rangeQuery {
+				_, warns, infos, err = Range(context.Background(), f, "q", v1.Range{}, tt.timeout)
+			} else {
+				_, warns, infos, err = Instant(context.Background(), f, "q", time.Time{}, tt.timeout)
+			}
+			if !errors.Is(err, tt.err) {
+				t.Errorf("err = %v, want %v", err, tt.err)
+			}
+			if f.deadline != tt.wantDeadline {
+				t.Errorf("deadline = %v, want %v", f.deadline, tt.wantDeadline)
+			}
+			if !reflect.DeepEqual(warns, f.warns) || !reflect.DeepEqual(infos, f.infos) {
+				t.Errorf("warnings %v infos %v, want %v %v", warns, infos, f.warns, f.infos)
+			}
+		})
+	}
+}
