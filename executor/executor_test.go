@@ -24,10 +24,10 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
-	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -181,7 +181,7 @@ func testPlan(updatesExisting bool, digest string) *plans.Plan {
 			Number: 1, Namespace: "cart", Status: plans.StatusReady, CurrentMode: plans.ModePermissive, TargetMode: plans.ModeStrict,
 			PolicyDigest: digest,
 			Policy: plans.Policy{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, UpdatesExisting: updatesExisting,
-				Metadata: plans.PolicyMetadata{Name: "default", Namespace: "cart", Labels: map[string]string{rollback.ManagedByLabel: rollback.ManagedByValue}},
+				Metadata: plans.PolicyMetadata{Name: "default", Namespace: "cart", Labels: map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue}},
 				Spec:     plans.PolicySpec{MTLS: plans.PolicyMTLS{Mode: plans.ModeStrict}}},
 			Probes: []plans.Probe{{Name: "plaintext", Kind: plans.ProbeExec, URL: "http://cartservice.cart:7070/", Pod: "default/testcurl", Expect: plans.Expect{Refused: true}}},
 			Gates:  []plans.Gate{{Name: "success-rate", Query: "success", Comparison: plans.GreaterOrEqual, Threshold: 0.05, Relative: plans.BaselineMinus}},
@@ -251,9 +251,9 @@ func TestHealthyStageIsDoneAndStateIsWrittenBeforeTheChange(t *testing.T) {
 			}
 			if pa := e.policy(); pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_STRICT {
 				t.Fatalf("policy not STRICT: %+v", pa)
-			} else if existing && (pa.Labels["team"] != "cart" || pa.Labels[rollback.ManagedByLabel] != "" || pa.Annotations[rollback.StageAnnotation] != "p/1") {
+			} else if existing && (pa.Labels["team"] != "cart" || pa.Labels[peerauth.ManagedByLabel] != "" || pa.Annotations[peerauth.StageAnnotation] != "p/1") {
 				t.Fatalf("pre-existing policy: labels %v annotations %v", pa.Labels, pa.Annotations)
-			} else if !existing && pa.Labels[rollback.ManagedByLabel] != rollback.ManagedByValue {
+			} else if !existing && pa.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
 				t.Fatalf("created policy lacks the managed-by label: %v", pa.Labels)
 			}
 			s, _ := e.store.Load(context.Background())

@@ -13,10 +13,10 @@ import (
 
 	"github.com/prometheus/common/model"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
-	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
 // preflight runs every check that needs no change; it returns the live
@@ -52,7 +52,7 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 
-	live, err := rollback.List(ctx, r.d.Istio, ns)
+	live, err := peerauth.List(ctx, r.d.Istio, ns)
 	if err != nil {
 		return err
 	}
