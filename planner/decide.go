@@ -9,6 +9,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/mtlsmode"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/telemetry"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -297,7 +298,7 @@ func (e *env) policyFor(ns string, mode plans.Mode) (plans.Policy, string) {
 	for _, p := range e.ix.PoliciesByNS[ns] {
 		ps = append(ps, *p)
 	}
-	return pol, inventory.DigestPolicies(ps)
+	return pol, peerauth.DigestPolicies(ps)
 }
 
 // workload groups a namespace's running meshed pods by workload name.

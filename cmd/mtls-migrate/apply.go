@@ -16,8 +16,8 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
-	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
@@ -28,7 +28,7 @@ import (
 // policyDigest is the planner's digest of a namespace's PeerAuthentications
 // (the plan's stages[].policyDigest): apply recomputes it to refuse a plan
 // whose policies changed since it was made.
-var policyDigest executor.PolicyDigest = inventory.PolicyDigest
+var policyDigest executor.PolicyDigest = peerauth.PolicyDigest
 
 // applyOptions are the inputs of `mtls-migrate apply`.
 type applyOptions struct {
