@@ -14,7 +14,6 @@ import (
 	"math"
 	"time"
 
-	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istio "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 
@@ -25,10 +24,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/plans"
 	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
-
-// PolicyDigest digests a namespace's PeerAuthentications the way the
-// planner did for the plan's stages[].policyDigest.
-type PolicyDigest func([]*securityv1.PeerAuthentication) string
 
 // Deps are the executor's clients, all interfaces or fakes-friendly values.
 type Deps struct {
@@ -41,12 +36,9 @@ type Deps struct {
 	Store       state.Store
 	Prober      *probe.Prober
 	Events      events.Recorder
-	// Digest is the planner's policy digest; nil skips the "policies
-	// changed since the plan" check (with a warning).
-	Digest   PolicyDigest
-	Clock    health.Clock
-	Progress Progress
-	Log      *slog.Logger
+	Clock       health.Clock
+	Progress    Progress
+	Log         *slog.Logger
 }
 
 // Options are one run's inputs.

@@ -93,17 +93,15 @@ func orUnknown(s string) string {
 }
 
 // checkPolicies refuses when the namespace's PeerAuthentications changed
-// since the plan was made, naming what changed as far as the objects tell.
+// since the plan was made (their digest is not the stage's policyDigest,
+// which the planner computed with the same peerauth.PolicyDigest), naming
+// what changed as far as the objects tell.
 func (r *run) checkPolicies() error {
 	if r.stage.PolicyDigest == "" {
 		r.note("the plan has no policyDigest for this stage: not checking whether PeerAuthentications changed since the plan")
 		return nil
 	}
-	if r.d.Digest == nil {
-		r.note("no policy digest function: not checking whether PeerAuthentications changed since the plan")
-		return nil
-	}
-	got := r.d.Digest(r.live)
+	got := peerauth.PolicyDigest(r.live)
 	if got == r.stage.PolicyDigest {
 		return nil
 	}
