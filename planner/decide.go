@@ -14,12 +14,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
-// ManagedByLabel marks the PeerAuthentications mtls-migrate writes.
-const (
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedByValue = "mtls-migrate"
-)
-
 // systemNamespaces never get a stage: Kubernetes' own.
 var systemNamespaces = map[string]bool{"kube-system": true, "kube-public": true, "kube-node-lease": true}
 
@@ -287,7 +281,7 @@ func orUnknown(s string) string {
 func (e *env) policyFor(ns string, mode plans.Mode) (plans.Policy, string) {
 	pol := plans.Policy{
 		APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind,
-		Metadata: plans.PolicyMetadata{Name: "default", Namespace: ns, Labels: map[string]string{ManagedByLabel: ManagedByValue}},
+		Metadata: plans.PolicyMetadata{Name: "default", Namespace: ns, Labels: map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue}},
 		Spec:     plans.PolicySpec{MTLS: plans.PolicyMTLS{Mode: mode}},
 	}
 	if cur := e.res.NamespacePolicy(ns); cur != nil {

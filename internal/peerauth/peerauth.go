@@ -22,9 +22,9 @@ import (
 
 // The tool's marks on what it manages.
 const (
-	// ManagedByLabel marks objects the tool created (and may delete): the
-	// PeerAuthentications a stage creates, the state ConfigMap, the lock's
-	// Lease. The recommended label, see
+	// ManagedByLabel marks objects the tool created: the PeerAuthentications
+	// a stage creates (rollback deletes only those), the state ConfigMap and
+	// the lock's Lease. Kubernetes' recommended label, see
 	// https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/.
 	ManagedByLabel = "app.kubernetes.io/managed-by"
 	ManagedByValue = "mtls-migrate"
