@@ -19,9 +19,9 @@ type PolicyWriter interface {
 }
 
 // SSAWriter applies through security.istio.io/v1 with the tool's field
-// manager (peerauth.FieldManager). Force takes ownership of the fields in cfg only (the mode,
-// our label or annotation): server-side apply never touches fields absent
-// from the configuration, so others' fields stay theirs
+// manager (peerauth.FieldManager). Force takes ownership of the fields in
+// cfg only (the mode, our label or annotation): server-side apply never
+// touches fields absent from the configuration, so others' fields stay theirs
 // (https://kubernetes.io/docs/reference/using-api/server-side-apply/#conflicts).
 type SSAWriter struct{ Client istio.Interface }
 
