@@ -27,10 +27,6 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
-// PolicyDigest digests a namespace's PeerAuthentications the way the
-// planner did for the plan's stages[].policyDigest.
-type PolicyDigest func([]*securityv1.PeerAuthentication) string
-
 // Deps are the executor's clients, all interfaces or fakes-friendly values.
 type Deps struct {
 	Kube   kubernetes.Interface
@@ -42,9 +38,6 @@ type Deps struct {
 	Store       state.Store
 	Prober      *probe.Prober
 	Events      events.Recorder
-	// Digest is the planner's policy digest; nil skips the "policies
-	// changed since the plan" check (with a warning).
-	Digest PolicyDigest
 	// Clock is the run's one clock: the executor's, the soak's and (when
 	// Prober has none) the probes' retries'. nil: the wall clock.
 	Clock    clock.Clock

@@ -24,10 +24,10 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
-	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -43,14 +43,13 @@ func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
 // env is a fake cluster: namespace "cart" with one pod and, optionally, a
 // pre-existing namespace-wide PERMISSIVE policy.
 type env struct {
-	t      *testing.T
-	kube   *kubefake.Clientset
-	istio  *istiofake.Clientset
-	store  *recordingStore
-	clock  *fakeClock
-	log    *[]string
-	prom   func(q string, ts time.Time) (model.Value, error)
-	digest PolicyDigest
+	t     *testing.T
+	kube  *kubefake.Clientset
+	istio *istiofake.Clientset
+	store *recordingStore
+	clock *fakeClock
+	log   *[]string
+	prom  func(q string, ts time.Time) (model.Value, error)
 }
 
 type recordingStore struct {
@@ -173,8 +172,13 @@ func newEnv(t *testing.T, withPolicy bool) *env {
 		e.istio = istiofake.NewSimpleClientset()
 	}
 	e.store = &recordingStore{Memory: state.NewMemory(), log: e.log}
-	e.digest = func(pas []*securityv1.PeerAuthentication) string { return fmt.Sprintf("n=%d", len(pas)) }
 	return e
+}
+
+// policyDigest is what the planner writes in a stage's policyDigest for a
+// namespace holding pas (the real digest, the one apply recomputes).
+func policyDigest(pas ...*securityv1.PeerAuthentication) string {
+	return peerauth.PolicyDigest(pas)
 }
 
 func testPlan(updatesExisting bool, digest string) *plans.Plan {
@@ -185,7 +189,7 @@ func testPlan(updatesExisting bool, digest string) *plans.Plan {
 			Number: 1, Namespace: "cart", Status: plans.StatusReady, CurrentMode: plans.ModePermissive, TargetMode: plans.ModeStrict,
 			PolicyDigest: digest,
 			Policy: plans.Policy{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, UpdatesExisting: updatesExisting,
-				Metadata: plans.PolicyMetadata{Name: "default", Namespace: "cart", Labels: map[string]string{rollback.ManagedByLabel: rollback.ManagedByValue}},
+				Metadata: plans.PolicyMetadata{Name: "default", Namespace: "cart", Labels: map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue}},
 				Spec:     plans.PolicySpec{MTLS: plans.PolicyMTLS{Mode: plans.ModeStrict}}},
 			Probes: []plans.Probe{{Name: "plaintext", Kind: plans.ProbeExec, URL: "http://cartservice.cart:7070/", Pod: "default/testcurl", Expect: plans.Expect{Refused: true}}},
 			Gates:  []plans.Gate{{Name: "success-rate", Query: "success", Comparison: plans.GreaterOrEqual, Threshold: 0.05, Relative: plans.BaselineMinus}},
@@ -199,7 +203,7 @@ func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, 
 	d := Deps{
 		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Clock: e.clock, Timeout: time.Second},
-		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
 	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second}
 	if mutate != nil {
@@ -238,9 +242,9 @@ func TestHealthyStageIsDoneAndStateIsWrittenBeforeTheChange(t *testing.T) {
 	for _, existing := range []bool{false, true} {
 		t.Run(fmt.Sprintf("existing=%v", existing), func(t *testing.T) {
 			e := newEnv(t, existing)
-			digest := "n=0"
+			digest := policyDigest()
 			if existing {
-				digest = "n=1"
+				digest = policyDigest(existingPolicy())
 			}
 			res, err, _ := e.run(testPlan(existing, digest), nil)
 			if err != nil {
@@ -255,9 +259,9 @@ func TestHealthyStageIsDoneAndStateIsWrittenBeforeTheChange(t *testing.T) {
 			}
 			if pa := e.policy(); pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_STRICT {
 				t.Fatalf("policy not STRICT: %+v", pa)
-			} else if existing && (pa.Labels["team"] != "cart" || pa.Labels[rollback.ManagedByLabel] != "" || pa.Annotations[rollback.StageAnnotation] != "p/1") {
+			} else if existing && (pa.Labels["team"] != "cart" || pa.Labels[peerauth.ManagedByLabel] != "" || pa.Annotations[peerauth.StageAnnotation] != "p/1") {
 				t.Fatalf("pre-existing policy: labels %v annotations %v", pa.Labels, pa.Annotations)
-			} else if !existing && pa.Labels[rollback.ManagedByLabel] != rollback.ManagedByValue {
+			} else if !existing && pa.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
 				t.Fatalf("created policy lacks the managed-by label: %v", pa.Labels)
 			}
 			s, _ := e.store.Load(context.Background())
@@ -294,7 +298,7 @@ func TestFailuresRollBack(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, true)
 			e.prom = tt.prom
-			res, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+			res, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) {
 				if tt.exec {
 					d.Prober.Exec = execFunc(func() (string, int) { return "200", 0 })
 				}
@@ -337,7 +341,7 @@ func TestRollbackFailureIsReported(t *testing.T) {
 		}
 		return true, nil, apierrors.NewInternalError(errors.New("etcd unavailable"))
 	})
-	res, err, _ := e.run(testPlan(true, "n=1"), nil)
+	res, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), nil)
 	var rf *RollbackFailedError
 	if !errors.As(err, &rf) || res.Outcome != OutcomeRollbackFailed || e.phase() != state.Failed {
 		t.Fatalf("want RollbackFailedError and phase failed, got %v, %s", err, e.phase())
@@ -356,10 +360,21 @@ func TestPreflightRefusals(t *testing.T) {
 			p.Stages[0].Status = plans.StatusBlocked
 			p.Stages[0].Risks = []plans.Risk{{Code: "PLAINTEXT_CLIENT", Severity: plans.SeverityBlock, Message: "ingress sends plaintext"}}
 		}, nil, nil, "blocked by the plan: PLAINTEXT_CLIENT"},
-		{"policies changed since the plan", func(p *plans.Plan) { p.Stages[0].PolicyDigest = "n=0"; p.Stages[0].Policy.UpdatesExisting = false }, func(e *env) {
+		{"policies changed since the plan", func(p *plans.Plan) {
+			p.Stages[0].PolicyDigest = policyDigest()
+			p.Stages[0].Policy.UpdatesExisting = false
+		}, func(e *env) {
 			_, _ = e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), &securityv1.PeerAuthentication{
 				ObjectMeta: metav1.ObjectMeta{Name: "late", Namespace: "cart", CreationTimestamp: metav1.NewTime(t0.Add(-time.Hour))}}, metav1.CreateOptions{})
 		}, nil, "changed since the plan was made (2026-03-01T10:00:00Z): added late"},
+		{"policy changed in place since the plan", nil, func(e *env) {
+			pa := existingPolicy()
+			pa.Spec.Mtls.Mode = apisecurity.PeerAuthentication_MutualTLS_DISABLE
+			pa.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Time: &metav1.Time{Time: t0.Add(-time.Hour)}}}
+			if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Update(context.Background(), pa, metav1.UpdateOptions{}); err != nil {
+				e.t.Fatal(err)
+			}
+		}, nil, "changed since the plan was made (2026-03-01T10:00:00Z): modified default (by kubectl at 2026-03-01T11:00:00Z)"},
 		{"namespace missing", func(p *plans.Plan) { p.Stages[0].Namespace = "gone" }, nil, nil, `namespace "gone" does not exist`},
 		{"plaintext since the plan", nil, func(e *env) {
 			e.prom = func(q string, ts time.Time) (model.Value, error) {
@@ -383,7 +398,7 @@ func TestPreflightRefusals(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, true)
-			p := testPlan(true, "n=1")
+			p := testPlan(true, policyDigest(existingPolicy()))
 			if tt.plan != nil {
 				tt.plan(p)
 			}
@@ -411,7 +426,7 @@ func TestPreflightRefusals(t *testing.T) {
 
 func TestForcedBlockedStageRecordsTheReason(t *testing.T) {
 	e := newEnv(t, true)
-	p := testPlan(true, "n=1")
+	p := testPlan(true, policyDigest(existingPolicy()))
 	p.Stages[0].Status = plans.StatusBlocked
 	res, err, _ := e.run(p, func(_ *Deps, o *Options) { o.Force, o.Reason = true, "demo" })
 	if err != nil || res.Forced != "demo" {
@@ -425,7 +440,7 @@ func TestForcedBlockedStageRecordsTheReason(t *testing.T) {
 
 func TestDryRunChangesNothingAndWritesNoState(t *testing.T) {
 	e := newEnv(t, true)
-	res, err, w := e.run(testPlan(true, "n=1"), func(_ *Deps, o *Options) { o.DryRun = true })
+	res, err, w := e.run(testPlan(true, policyDigest(existingPolicy())), func(_ *Deps, o *Options) { o.DryRun = true })
 	if err != nil || res.Outcome != OutcomeDryRun || len(w.dry) != 1 || !w.dry[0] {
 		t.Fatalf("%v %+v %v", err, res, w.dry)
 	}
@@ -453,8 +468,8 @@ func TestInterruptedSoakRollsBack(t *testing.T) {
 	w := &fakeWriter{e: e}
 	d := Deps{Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Clock: e.clock},
-		Digest: e.digest, Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
-	_, err := Run(ctx, d, Options{Plan: testPlan(true, "n=1"), PlanDigest: "sha256:p", Stage: 1})
+		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	_, err := Run(ctx, d, Options{Plan: testPlan(true, policyDigest(existingPolicy())), PlanDigest: "sha256:p", Stage: 1})
 	var rb *RolledBackError
 	if !errors.As(err, &rb) || e.phase() != state.RolledBack {
 		t.Fatalf("got %v, phase %s", err, e.phase())
@@ -477,7 +492,7 @@ func seedPhase(st *state.StageState, ph state.Phase, at time.Time, reason string
 func TestProbesRetryOnTheRunsClock(t *testing.T) {
 	e := newEnv(t, true)
 	var given *probe.Prober
-	_, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+	_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) {
 		d.Prober.Clock = nil
 		d.Prober.Exec = &fakeExec{e: e, refuseAlways: true}
 		given = d.Prober

@@ -10,7 +10,7 @@ import (
 )
 
 func threeStages() *plans.Plan {
-	p := testPlan(true, "n=1")
+	p := testPlan(true, policyDigest(existingPolicy()))
 	s1 := p.Stages[0]
 	s2, s3 := s1, s1
 	s2.Number, s2.Namespace = 2, "payments"

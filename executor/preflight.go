@@ -14,10 +14,10 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
-	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
 // preflight runs every check that needs no change; it returns the live
@@ -53,7 +53,7 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 
-	live, err := rollback.List(ctx, r.d.Istio, ns)
+	live, err := peerauth.List(ctx, r.d.Istio, ns)
 	if err != nil {
 		return err
 	}
@@ -94,17 +94,15 @@ func orUnknown(s string) string {
 }
 
 // checkPolicies refuses when the namespace's PeerAuthentications changed
-// since the plan was made, naming what changed as far as the objects tell.
+// since the plan was made (their digest is not the stage's policyDigest,
+// which the planner computed with the same peerauth.PolicyDigest), naming
+// what changed as far as the objects tell.
 func (r *run) checkPolicies() error {
 	if r.stage.PolicyDigest == "" {
 		r.note("the plan has no policyDigest for this stage: not checking whether PeerAuthentications changed since the plan")
 		return nil
 	}
-	if r.d.Digest == nil {
-		r.note("no policy digest function: not checking whether PeerAuthentications changed since the plan")
-		return nil
-	}
-	got := r.d.Digest(r.live)
+	got := peerauth.PolicyDigest(r.live)
 	if got == r.stage.PolicyDigest {
 		return nil
 	}

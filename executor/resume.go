@@ -11,6 +11,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
@@ -122,7 +123,7 @@ func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1
 	if ss.Target == nil {
 		return nil, nil
 	}
-	pa, err := rollback.Get(ctx, r.d.Istio, ss.Namespace, ss.Target.Name)
+	pa, err := peerauth.Get(ctx, r.d.Istio, ss.Namespace, ss.Target.Name)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
@@ -132,7 +133,7 @@ func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1
 	if ss.Target.UID != "" && string(pa.UID) != ss.Target.UID {
 		return nil, nil
 	}
-	if ss.Target.Created && pa.Labels[rollback.ManagedByLabel] != rollback.ManagedByValue {
+	if ss.Target.Created && pa.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
 		return nil, nil
 	}
 	return pa, nil

@@ -99,7 +99,7 @@ func TestResumeAfterACrashNeverLeavesTheChangeUnverified(t *testing.T) {
 				e.prom = failingSuccessGateAfter(t0.Add(20 * time.Second))
 			}
 			ds := &dyingStore{Store: e.store, dieAfter: tt.crash}
-			_, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+			_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) {
 				d.Store = ds
 				d.Writer = dyingWriter{PolicyWriter: d.Writer, s: ds}
 			})
@@ -116,7 +116,7 @@ func TestResumeAfterACrashNeverLeavesTheChangeUnverified(t *testing.T) {
 			}
 			e.clock.now = e.clock.now.Add(5 * time.Minute)
 			var res *Result
-			e.run(testPlan(true, "n=1"), func(d *Deps, o *Options) {
+			e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, o *Options) {
 				ro := *o
 				if tt.forgetPlan {
 					ro.Plan = nil
@@ -145,7 +145,7 @@ func TestResumeAfterACrashNeverLeavesTheChangeUnverified(t *testing.T) {
 			}
 			if tt.wantPhase == state.Pending {
 				// The stage can then run afresh.
-				if _, err, _ := e.run(testPlan(true, "n=1"), nil); err != nil || e.phase() != state.Done {
+				if _, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), nil); err != nil || e.phase() != state.Done {
 					t.Fatalf("fresh run after pending: %v, phase %s", err, e.phase())
 				}
 			}

@@ -67,7 +67,7 @@ func TestTransientAPIErrorsAreRetried(t *testing.T) {
 		return false, nil, nil
 	})
 	w := &scriptedWriter{errs: []error{apierrors.NewServerTimeout(paGR, "patch", 0), apierrors.NewInternalError(errors.New("boom"))}}
-	res, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+	res, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) {
 		w.inner = &fakeWriter{e: e}
 		d.Writer = w
 	})
@@ -89,7 +89,7 @@ func TestPermanentAPIErrorOnApplyGivesUpAndRollsBack(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		w.errs = append(w.errs, apierrors.NewServiceUnavailable("down"))
 	}
-	_, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+	_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) {
 		w.inner = &fakeWriter{e: e}
 		d.Writer = w
 	})
@@ -117,7 +117,7 @@ func TestConflictOnApplyReReadsAndDoesNotOverwriteSomeoneElsesChange(t *testing.
 			t.Fatal(err)
 		}
 	}
-	_, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) {
+	_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) {
 		w.inner = &fakeWriter{e: e}
 		d.Writer = w
 	})
@@ -152,7 +152,7 @@ func TestConflictOnApplyOfOurOwnLandedWriteIsAccepted(t *testing.T) {
 		}
 		return nil, apierrors.NewConflict(paGR, "default", errors.New("the object has been modified"))
 	}
-	res, err, _ := e.run(testPlan(true, "n=1"), func(d *Deps, _ *Options) { d.Writer = landed })
+	res, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) { d.Writer = landed })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 	"github.com/mtls-migrate/mtls-migrate/rollback"
@@ -161,13 +162,13 @@ func (r *run) stageAnnotation() string {
 // back to pending and refused, their change left alone.
 func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.PeerAuthentication, error) {
 	name := r.stage.Policy.Metadata.Name
-	live, err := rollback.Get(ctx, r.d.Istio, r.stage.Namespace, name)
+	live, err := peerauth.Get(ctx, r.d.Istio, r.stage.Namespace, name)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after a conflict (%w): %w", r.stage.Namespace, name, conflict, err)
 	}
 	if err == nil && r.target != nil && live.UID == r.target.UID &&
 		proto.Equal(&live.Spec, rollback.AppliedSpec(&r.target.Spec, string(r.stage.TargetMode))) &&
-		live.Annotations[rollback.StageAnnotation] == r.stageAnnotation() {
+		live.Annotations[peerauth.StageAnnotation] == r.stageAnnotation() {
 		return live, nil
 	}
 	r.changed = false
@@ -189,10 +190,10 @@ func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
 		for k, v := range pol.Metadata.Labels {
 			labels[k] = v
 		}
-		labels[rollback.ManagedByLabel] = rollback.ManagedByValue
+		labels[peerauth.ManagedByLabel] = peerauth.ManagedByValue
 		cfg.WithLabels(labels)
 	} else {
-		cfg.WithAnnotations(map[string]string{rollback.StageAnnotation: r.stageAnnotation()})
+		cfg.WithAnnotations(map[string]string{peerauth.StageAnnotation: r.stageAnnotation()})
 		// Optimistic concurrency: the API server refuses (409) the apply if
 		// the object is no longer the version the snapshot holds.
 		cfg.WithResourceVersion(r.target.ResourceVersion)
@@ -232,7 +233,7 @@ func (r *run) baseline(ctx context.Context) error {
 // checks they are still what pre-flight saw, and writes the stage as
 // applying with the snapshot: after this, the state can undo anything.
 func (r *run) snapshot(ctx context.Context) error {
-	live, err := rollback.List(ctx, r.d.Istio, r.stage.Namespace)
+	live, err := peerauth.List(ctx, r.d.Istio, r.stage.Namespace)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 	istio "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/mtls-migrate/mtls-migrate/rollback"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 )
 
 // PolicyWriter server-side applies a PeerAuthentication. It is an interface
@@ -18,16 +18,16 @@ type PolicyWriter interface {
 	Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dryRun bool) (*securityv1.PeerAuthentication, error)
 }
 
-// SSAWriter applies through security.istio.io/v1 with field manager
-// mtls-migrate. Force takes ownership of the fields in cfg only (the mode,
-// our label or annotation): server-side apply never touches fields absent
-// from the configuration, so others' fields stay theirs
+// SSAWriter applies through security.istio.io/v1 with the tool's field
+// manager (peerauth.FieldManager). Force takes ownership of the fields in
+// cfg only (the mode, our label or annotation): server-side apply never
+// touches fields absent from the configuration, so others' fields stay theirs
 // (https://kubernetes.io/docs/reference/using-api/server-side-apply/#conflicts).
 type SSAWriter struct{ Client istio.Interface }
 
 // Apply sends cfg.
 func (w SSAWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dryRun bool) (*securityv1.PeerAuthentication, error) {
-	opts := metav1.ApplyOptions{FieldManager: rollback.FieldManager, Force: true}
+	opts := metav1.ApplyOptions{FieldManager: peerauth.FieldManager, Force: true}
 	if dryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}

@@ -8,14 +8,9 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/mtlsmode"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/telemetry"
 	"github.com/mtls-migrate/mtls-migrate/plans"
-)
-
-// ManagedByLabel marks the PeerAuthentications mtls-migrate writes.
-const (
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedByValue = "mtls-migrate"
 )
 
 // systemNamespaces never get a stage: Kubernetes' own.
@@ -279,7 +274,7 @@ func orUnknown(s string) string {
 func (e *env) policyFor(ns string, mode plans.Mode) (plans.Policy, string) {
 	pol := plans.Policy{
 		APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind,
-		Metadata: plans.PolicyMetadata{Name: "default", Namespace: ns, Labels: map[string]string{ManagedByLabel: ManagedByValue}},
+		Metadata: plans.PolicyMetadata{Name: "default", Namespace: ns, Labels: map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue}},
 		Spec:     plans.PolicySpec{MTLS: plans.PolicyMTLS{Mode: mode}},
 	}
 	if cur := e.res.NamespacePolicy(ns); cur != nil {
@@ -290,7 +285,7 @@ func (e *env) policyFor(ns string, mode plans.Mode) (plans.Policy, string) {
 	for _, p := range e.ix.PoliciesByNS[ns] {
 		ps = append(ps, *p)
 	}
-	return pol, inventory.DigestPolicies(ps)
+	return pol, peerauth.DigestPolicies(ps)
 }
 
 // workload groups a namespace's running meshed pods by workload name.

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/telemetry"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -588,7 +589,7 @@ func existingNamespacePolicy(e *env, ns string, _ *nsPlan) []plans.Risk {
 		}
 	}
 	cur := e.res.NamespacePolicy(ns)
-	if cur == nil || (cur.Labels[ManagedByLabel] == ManagedByValue && len(wide) == 1) {
+	if cur == nil || (cur.Labels[peerauth.ManagedByLabel] == peerauth.ManagedByValue && len(wide) == 1) {
 		return nil
 	}
 	msg := fmt.Sprintf("namespace-wide PeerAuthentication %s/%s (mode %s) was not made by mtls-migrate: the stage changes it in place, since a second namespace-wide policy would be ignored (Istio uses the oldest)", ns, cur.Name, cur.Mode)

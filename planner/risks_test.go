@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
@@ -110,7 +111,7 @@ func TestPlanRisks(t *testing.T) {
 			return orders().peerAuth("orders", "off", old, nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil)
 		}, CodeCurrentModeDisable, plans.SeverityReview, plans.StatusNeedsReview},
 		{"TestPlanIgnoresOwnNamespacePolicy", func() *world {
-			return orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, map[string]string{ManagedByLabel: ManagedByValue})
+			return orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue})
 		}, "", "", plans.StatusReady},
 	}
 	for _, tt := range tests {
@@ -148,7 +149,7 @@ func TestPlanUpdatesExistingNamespacePolicy(t *testing.T) {
 	if st.Policy.Metadata.Name != "legacy-permissive" || !st.Policy.UpdatesExisting || st.PolicyDigest == "" {
 		t.Errorf("policy = %+v digest %q, want the existing one updated in place", st.Policy, st.PolicyDigest)
 	}
-	if web := stageOf(p, "web"); web.Policy.Metadata.Name != "default" || web.Policy.UpdatesExisting || web.Policy.Metadata.Labels[ManagedByLabel] != ManagedByValue {
+	if web := stageOf(p, "web"); web.Policy.Metadata.Name != "default" || web.Policy.UpdatesExisting || web.Policy.Metadata.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
 		t.Errorf("web policy = %+v, want a new labelled default", web.Policy)
 	}
 }

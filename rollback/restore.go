@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 )
 
@@ -110,15 +111,15 @@ func dryRun(dry bool) []string {
 
 func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState, obj string, o Options) (Action, error) {
 	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := get(ctx, c, st.Namespace, st.Target.Name)
+	live, err := peerauth.Get(ctx, c, st.Namespace, st.Target.Name)
 	if apierrors.IsNotFound(err) {
 		return Action{Object: obj, Did: "already absent (it did not exist before the stage)"}, nil
 	}
 	if err != nil {
 		return Action{}, fmt.Errorf("read %s: %w", obj, err)
 	}
-	if live.Labels[ManagedByLabel] != ManagedByValue {
-		return Action{}, &ConflictError{Object: obj, Reason: "it lacks the label " + ManagedByLabel + "=" + ManagedByValue + ", so it is not the object the stage created"}
+	if live.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
+		return Action{}, &ConflictError{Object: obj, Reason: "it lacks the label " + peerauth.ManagedByLabel + "=" + peerauth.ManagedByValue + ", so it is not the object the stage created"}
 	}
 	if st.Target.UID != "" && string(live.UID) != st.Target.UID {
 		return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("its UID is %s, not %s: it was deleted and created again by someone else", live.UID, st.Target.UID)}
@@ -147,7 +148,7 @@ func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState
 
 func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState, before *securityv1.PeerAuthentication, obj string, o Options) (Action, error) {
 	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := get(ctx, c, st.Namespace, before.Name)
+	live, err := peerauth.Get(ctx, c, st.Namespace, before.Name)
 	if apierrors.IsNotFound(err) {
 		return Action{}, &ConflictError{Object: obj, Reason: "it was deleted after the stage patched it; recreating it would give it a new creation time and change Istio's precedence"}
 	}
@@ -163,7 +164,7 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 	// Only what the stage wrote may differ from the snapshot: the mode and
 	// the stage annotation. Anything else is someone else's change.
 	withoutOurs := maps.Clone(live.Annotations)
-	delete(withoutOurs, StageAnnotation)
+	delete(withoutOurs, peerauth.StageAnnotation)
 	if !proto.Equal(&live.Spec, appliedSpec(&before.Spec, st.Target.Mode)) {
 		return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("its spec changed since the stage patched it (now %s, the stage wrote mode %s, before it was %s)", specString(&live.Spec), st.Target.Mode, specString(&before.Spec))}
 	}
@@ -179,7 +180,7 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 	// 429/5xx/timeouts are retried; a retried update that had landed is a
 	// 409 (stale resourceVersion), re-read as "already as before".
 	err = kuberetry.Do(ctx, func() error {
-		_, err := pas.Update(ctx, restored, metav1.UpdateOptions{FieldManager: FieldManager, DryRun: dryRun(o.DryRun)})
+		_, err := pas.Update(ctx, restored, metav1.UpdateOptions{FieldManager: peerauth.FieldManager, DryRun: dryRun(o.DryRun)})
 		return err
 	})
 	if err != nil {
@@ -189,21 +190,6 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 		return Action{}, fmt.Errorf("restore %s: %w", obj, err)
 	}
 	return Action{Object: obj, Did: verb(o.DryRun, "restored in place (spec, labels, annotations; same UID and creation time)"), Changed: !o.DryRun, WouldChange: o.DryRun}, nil
-}
-
-// get reads one PeerAuthentication, retrying 429/5xx/timeouts.
-func get(ctx context.Context, c istio.Interface, ns, name string) (*securityv1.PeerAuthentication, error) {
-	var pa *securityv1.PeerAuthentication
-	err := kuberetry.Do(ctx, func() (err error) {
-		pa, err = c.SecurityV1().PeerAuthentications(ns).Get(ctx, name, metav1.GetOptions{})
-		return err
-	})
-	return pa, err
-}
-
-// Get is get for the executor: one PeerAuthentication, with retries.
-func Get(ctx context.Context, c istio.Interface, ns, name string) (*securityv1.PeerAuthentication, error) {
-	return get(ctx, c, ns, name)
 }
 
 // appliedSpec is the spec a stage leaves: before's spec (nil: empty) with

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 )
 
@@ -36,7 +37,7 @@ func existing() *securityv1.PeerAuthentication {
 func applyStage(t *testing.T, c *istiofake.Clientset, createdByUs bool) (*state.Memory, string) {
 	t.Helper()
 	ctx := context.Background()
-	snap, err := List(ctx, c, "cart")
+	snap, err := peerauth.List(ctx, c, "cart")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,13 +49,13 @@ func applyStage(t *testing.T, c *istiofake.Clientset, createdByUs bool) (*state.
 	var after *securityv1.PeerAuthentication
 	if createdByUs {
 		after, err = pas.Create(ctx, &securityv1.PeerAuthentication{
-			ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "cart", UID: "uid-new", Labels: map[string]string{ManagedByLabel: ManagedByValue}},
+			ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "cart", UID: "uid-new", Labels: map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue}},
 			Spec:       apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{Mode: apisecurity.PeerAuthentication_MutualTLS_STRICT}},
 		}, metav1.CreateOptions{})
 	} else {
 		live, _ := pas.Get(ctx, "default", metav1.GetOptions{})
 		live.Spec.Mtls.Mode = apisecurity.PeerAuthentication_MutualTLS_STRICT
-		live.Annotations[StageAnnotation] = "p/1"
+		live.Annotations[peerauth.StageAnnotation] = "p/1"
 		after, err = pas.Update(ctx, live, metav1.UpdateOptions{})
 	}
 	if err != nil {
@@ -200,19 +201,6 @@ func TestRollbackRereadsAfterAWriteConflict(t *testing.T) {
 	}
 	if gets < 2 {
 		t.Fatalf("did not re-read after the conflict (%d gets)", gets)
-	}
-}
-
-func TestListFallsBackToV1beta1(t *testing.T) {
-	c := istiofake.NewSimpleClientset()
-	c.PrependReactor("list", "peerauthentications", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.GetResource().Version == "v1" {
-			return true, nil, apierrors.NewNotFound(a.GetResource().GroupResource(), "")
-		}
-		return false, nil, nil
-	})
-	if _, err := List(context.Background(), c, "cart"); err != nil {
-		t.Fatal(err)
 	}
 }
 

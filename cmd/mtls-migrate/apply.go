@@ -17,18 +17,12 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
-	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/internal/window"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
-
-// policyDigest is the planner's digest of a namespace's PeerAuthentications
-// (the plan's stages[].policyDigest): apply recomputes it to refuse a plan
-// whose policies changed since it was made.
-var policyDigest executor.PolicyDigest = inventory.PolicyDigest
 
 // applyOptions are the inputs of `mtls-migrate apply`.
 type applyOptions struct {
@@ -211,8 +205,7 @@ func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *pl
 		Store: state.NewConfigMapStore(clients.Kube, o.StateNamespace),
 		Prober: &probe.Prober{Timeout: o.ProbeTimeout, Exec: &probe.KubeExec{Config: clients.Config, Client: clients.Kube},
 			Namespace: namespace},
-		Events: &events.Kube{Client: clients.Kube}, Digest: policyDigest,
-		Clock: clock.Real{}, Progress: progress, Log: log,
+		Events: &events.Kube{Client: clients.Kube}, Clock: clock.Real{}, Progress: progress, Log: log,
 	}
 	opts := executor.Options{
 		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,

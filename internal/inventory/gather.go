@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/pager"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/mtlsmode"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 )
 
 // DefaultRootNamespace is Istio's default meshConfig.rootNamespace.
@@ -417,43 +418,18 @@ func listCronJobs(ctx context.Context, c Clients, inv *Inventory) error {
 	return nil
 }
 
-// listPeerAuthentications reads v1 and v1beta1: both serve the same stored
-// objects, so they are merged by namespace/name (v1 wins); a cluster whose
-// Istio predates v1 serves only v1beta1.
+// listPeerAuthentications reads every namespace's PeerAuthentications
+// through peerauth, the tool's one reader: v1, and v1beta1 only where v1 is
+// not served. Listing both and merging them adds nothing, since both
+// versions serve the same stored objects (see peerauth's v1/v1beta1 rule).
 func listPeerAuthentications(ctx context.Context, c Clients, inv *Inventory) error {
-	seen := map[string]bool{}
-	l, err := c.Istio.SecurityV1().PeerAuthentications("").List(ctx, metav1.ListOptions{})
-	switch {
-	case err == nil:
-		for i := range l.Items {
-			p := mtlsmode.FromV1(l.Items[i])
-			seen[p.Namespace+"/"+p.Name] = true
-			inv.PeerAuthentications = append(inv.PeerAuthentications, p)
-		}
-	case apierrors.IsNotFound(err):
-	default:
+	pas, err := peerauth.ListAll(ctx, c.Istio)
+	if err != nil {
 		return err
 	}
-	lb, errb := c.Istio.SecurityV1beta1().PeerAuthentications("").List(ctx, metav1.ListOptions{})
-	switch {
-	case errb == nil:
-		for i := range lb.Items {
-			p := mtlsmode.FromV1beta1(lb.Items[i])
-			if !seen[p.Namespace+"/"+p.Name] {
-				inv.PeerAuthentications = append(inv.PeerAuthentications, p)
-			}
-		}
-	case apierrors.IsNotFound(errb) && err == nil:
-	default:
-		return fmt.Errorf("v1: %w; v1beta1: %w", err, errb)
+	for _, pa := range pas {
+		inv.PeerAuthentications = append(inv.PeerAuthentications, mtlsmode.FromV1(pa))
 	}
-	sort.Slice(inv.PeerAuthentications, func(i, j int) bool {
-		a, b := inv.PeerAuthentications[i], inv.PeerAuthentications[j]
-		if a.Namespace != b.Namespace {
-			return a.Namespace < b.Namespace
-		}
-		return a.Name < b.Name
-	})
 	return nil
 }
 

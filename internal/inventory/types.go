@@ -1,7 +1,7 @@
 // Package inventory reads the cluster state the planner decides on, through
 // client-go and Istio's client-go, into plain values: namespaces, pods (with
 // sidecar, capture and probe details), Services, StatefulSets,
-// PeerAuthentications (v1 and v1beta1, as one type), DestinationRules,
+// PeerAuthentications (through internal/peerauth), DestinationRules,
 // Gateways and VirtualServices, webhook backends, and the mesh config. The
 // decision logic never touches a client: it runs on an Inventory, which
 // tests and the benchmark build in memory.

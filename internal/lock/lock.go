@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 )
 
 // DefaultName is the Lease's name.
@@ -75,7 +77,7 @@ func Acquire(ctx context.Context, o Options) (*Lock, error) {
 		LeaseMeta:  metav1.ObjectMeta{Namespace: o.Namespace, Name: o.Name},
 		Client:     o.Client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: o.Identity},
-		Labels:     map[string]string{"app.kubernetes.io/managed-by": "mtls-migrate"},
+		Labels:     map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue},
 	}}
 	// Two attempts: a create or update that loses a race re-reads once, and
 	// then the winner is named.

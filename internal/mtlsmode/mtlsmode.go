@@ -31,7 +31,6 @@ import (
 	"time"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
-	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
 
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -268,12 +267,4 @@ func FromV1(pa *securityv1.PeerAuthentication) Policy {
 		}
 	}
 	return p
-}
-
-// FromV1beta1 converts a security.istio.io/v1beta1 PeerAuthentication (the
-// same schema as v1).
-func FromV1beta1(pa *securityv1beta1.PeerAuthentication) Policy {
-	v1pa := &securityv1.PeerAuthentication{ObjectMeta: pa.ObjectMeta}
-	pa.Spec.DeepCopyInto(&v1pa.Spec)
-	return FromV1(v1pa)
 }

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
+	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 )
 
 // ConfigMap names and keys.
@@ -84,7 +85,7 @@ func (c *ConfigMapStore) Update(ctx context.Context, fn func(*State) error) erro
 			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
 				Name:      c.Name,
 				Namespace: c.Namespace,
-				Labels:    map[string]string{"app.kubernetes.io/managed-by": "mtls-migrate"},
+				Labels:    map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue},
 			}}
 		}
 		if err := fn(s); err != nil {
@@ -103,7 +104,7 @@ func (c *ConfigMapStore) Update(ctx context.Context, fn func(*State) error) erro
 			// resourceVersion read above, so a retry of a write that did land
 			// is a 409 and goes round RetryOnConflict (re-read, fn again).
 			err = kuberetry.Do(ctx, func() error {
-				_, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "mtls-migrate"})
+				_, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: peerauth.FieldManager})
 				return err
 			})
 			if err != nil && !apierrors.IsConflict(err) {
@@ -112,7 +113,7 @@ func (c *ConfigMapStore) Update(ctx context.Context, fn func(*State) error) erro
 			return err
 		}
 		err = kuberetry.Do(ctx, func() error {
-			_, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: "mtls-migrate"})
+			_, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: peerauth.FieldManager})
 			return err
 		})
 		if apierrors.IsAlreadyExists(err) {
