@@ -8,7 +8,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
-	"github.com/mtls-migrate/mtls-migrate/internal/status"
+	"github.com/mtls-migrate/mtls-migrate/status"
 )
 
 // statusOptions are the inputs of `mtls-migrate status`.

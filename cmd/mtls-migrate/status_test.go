@@ -23,7 +23,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
 	"github.com/mtls-migrate/mtls-migrate/internal/promclient"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
-	"github.com/mtls-migrate/mtls-migrate/internal/status"
+	"github.com/mtls-migrate/mtls-migrate/status"
 )
 
 func TestStatusFlags(t *testing.T) {

@@ -134,7 +134,7 @@ func compare(c plans.Comparison, v, th float64) bool {
 }
 
 // Tracker turns a gate's successive results into a decision. A Failed result
-// fails the gate at once (the issue: degraded → roll back at once); Error
+// fails the gate at once (a degraded stage is rolled back at once); Error
 // fails it after MaxConsecutiveErrors in a row (a Successful or Failed
 // result resets the count; Inconclusive does not). Inconclusive alone never
 // fails a tick, but a gate that was Inconclusive for the whole soak while
