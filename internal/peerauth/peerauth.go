@@ -123,7 +123,7 @@ func Get(ctx context.Context, c istio.Interface, namespace, name string) (*secur
 	default:
 		// v1's NotFound is not wrapped: it must not read as "absent" when
 		// v1beta1 could not say.
-		return nil, fmt.Errorf("v1: %v; v1beta1: %w", err, errb)
+		return nil, fmt.Errorf("v1: %s; v1beta1: %w", err.Error(), errb)
 	}
 }
 
