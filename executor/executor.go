@@ -75,6 +75,9 @@ const (
 	OutcomeDryRun         Outcome = "dry-run"
 	OutcomeRolledBack     Outcome = "rolled-back"
 	OutcomeRollbackFailed Outcome = "rollback-failed"
+	// OutcomeNotVerified: the soak passed but the policy was changed by
+	// someone else meanwhile; their change was left alone.
+	OutcomeNotVerified Outcome = "not-verified"
 )
 
 // Result is what a run did, for output.

@@ -107,6 +107,7 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	if r.pods, err = health.NewPodCheck(ctx, d.Kube, ss.Namespace); err != nil {
 		return r.res, r.fail(ctx, "resume: "+err.Error(), err)
 	}
+	r.applied, r.appliedAt = live, ss.StartedAt
 	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d: resuming the verification a previous run left %s", ss.Number, ss.Phase))
 	if err := r.setPhase(ctx, state.Applying, "resumed after the previous run died", func(st *state.StageState) {
 		st.Target.UID = string(live.UID)

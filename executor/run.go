@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -36,6 +37,10 @@ type run struct {
 	gates   []*health.PromGate             // the stage's gates with their baselines
 	pods    *health.PodCheck
 	changed bool // the apply may have reached the API server
+	// applied is the policy as the apply left it, and when: what "done"
+	// is checked against.
+	applied   *securityv1.PeerAuthentication
+	appliedAt time.Time
 }
 
 // rollbackTimeout bounds the rollback after an interruption, when the run's
@@ -130,6 +135,24 @@ func (r *run) verify(ctx context.Context) error {
 	out := r.soak(ctx, soak)
 	if !out.Healthy {
 		return r.fail(ctx, out.Reason, nil)
+	}
+	// Done is never written from memory: the policy must still be what the
+	// apply left, and plaintext must still be refused.
+	r.d.Progress.Step("confirm", "re-reading the policy and re-probing before recording done")
+	if err := r.stillTrue(ctx); err != nil {
+		var nv *NotVerifiedError
+		if !errors.As(err, &nv) {
+			return r.fail(ctx, "could not confirm the stage before recording done: "+err.Error(), err)
+		}
+		r.res.Reason, r.res.Outcome = nv.Reason, OutcomeNotVerified
+		r.event(ctx, corev1.EventTypeWarning, events.StageFailed, fmt.Sprintf("stage %d: %s", r.stage.Number, nv.Reason))
+		if werr := r.setPhase(ctx, state.Failed, nv.Reason, nil); werr != nil {
+			return errors.Join(err, fmt.Errorf("and recording the stage as failed: %w", werr))
+		}
+		return err
+	}
+	if reason := r.reprobe(ctx); reason != "" {
+		return r.fail(ctx, reason, nil)
 	}
 	if err := r.setPhase(ctx, state.Done, "", func(st *state.StageState) { st.Gates = r.res.Gates }); err != nil {
 		return r.fail(ctx, "record done: "+err.Error(), err)
@@ -289,6 +312,7 @@ func (r *run) apply(ctx context.Context) error {
 		return fmt.Errorf("the applied object has UID %s, not %s as snapshotted: it was recreated meanwhile", obj.UID, r.target.UID)
 	}
 	r.res.Applied = appliedObject(obj)
+	r.applied, r.appliedAt = obj, r.d.Clock.Now()
 	return r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
 		st.Target.UID = string(obj.UID)
 		st.Target.ResourceVersion = obj.ResourceVersion

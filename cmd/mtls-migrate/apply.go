@@ -221,6 +221,7 @@ func applyExitError(err error) error {
 		refused *executor.RefusedError
 		rolled  *executor.RolledBackError
 		failed  *executor.RollbackFailedError
+		notVer  *executor.NotVerifiedError
 		nsMiss  *state.NamespaceMissingError
 	)
 	switch {
@@ -230,6 +231,8 @@ func applyExitError(err error) error {
 		return cli.WithCode(cli.ExitUsage, err)
 	case errors.As(err, &failed):
 		return cli.WithCode(cli.ExitRollbackFailed, fmt.Errorf("%w; a person must look: `mtls-migrate rollback` retries, the snapshot is in the migration state", err))
+	case errors.As(err, &notVer):
+		return cli.WithCode(cli.ExitRollbackFailed, fmt.Errorf("%w; a person must look: `mtls-migrate status` shows the namespace's mode now", err))
 	case errors.As(err, &rolled):
 		return cli.WithCode(cli.ExitRolledBack, err)
 	}

@@ -223,7 +223,8 @@ func (p *PlanRecord) EnsureStage(n int, namespace string) *StageState {
 //	applying     -> soaking                      probes passed
 //	applying     -> pending                      nothing of ours landed (someone else wrote the policy)
 //	soaking      -> applying                     a resume re-verifies from the start
-//	soaking      -> done                         the soak passed
+//	soaking      -> done                         the soak passed and the policy is as applied
+//	soaking      -> failed                       someone else changed the policy during the soak
 //	applying, soaking, done, rolled-back, failed -> rolling-back
 //	rolling-back -> rolling-back                 a rollback takes over a dead one's
 //	rolling-back -> rolled-back | failed
@@ -233,7 +234,7 @@ func (p *PlanRecord) EnsureStage(n int, namespace string) *StageState {
 var transitions = map[Phase][]Phase{
 	Pending:     {Applying},
 	Applying:    {Applying, Soaking, Pending, RollingBack},
-	Soaking:     {Applying, Done, RollingBack},
+	Soaking:     {Applying, Done, RollingBack, Failed},
 	Done:        {RollingBack},
 	RollingBack: {RollingBack, RolledBack, Failed},
 	RolledBack:  {RollingBack, Failed, Pending, Applying},
