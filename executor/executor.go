@@ -57,6 +57,9 @@ type Options struct {
 	Reason string
 	// Actor is who runs the stage (user or service account), recorded.
 	Actor string
+	// RunID identifies this run (the lock's holder identity): the stage's
+	// owner in the state, which every state write checks (fencing).
+	RunID string
 	// Settle is the wait after the apply for the change to reach the
 	// proxies and drain old connections, before the probes.
 	Settle               time.Duration
@@ -75,6 +78,9 @@ const (
 	OutcomeDryRun         Outcome = "dry-run"
 	OutcomeRolledBack     Outcome = "rolled-back"
 	OutcomeRollbackFailed Outcome = "rollback-failed"
+	// OutcomeTakenOver: someone else took the stage over during the run
+	// (a person's rollback, a run that resumed it); this run stopped.
+	OutcomeTakenOver Outcome = "taken-over"
 	// OutcomeNotVerified: the soak passed but the policy was changed by
 	// someone else meanwhile; their change was left alone.
 	OutcomeNotVerified Outcome = "not-verified"

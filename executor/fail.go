@@ -25,15 +25,24 @@ type stageRef struct {
 }
 
 // setPhase updates this stage in the state along the phase machine; phase
-// "" keeps the phase (only mutate runs).
+// "" keeps the phase (only mutate runs). Every write is fenced: the stage
+// must still be held by this run (Options.RunID) in the phase the run last
+// wrote, else it is a *state.FencedError, nothing is written, and the run
+// remembers it must stop.
 func (r *run) setPhase(ctx context.Context, phase state.Phase, reason string, mutate func(*state.StageState)) error {
+	if r.fenced != nil {
+		return r.fenced
+	}
 	now := r.d.Clock.Now()
-	return r.d.Store.Update(ctx, func(s *state.State) error {
+	err := r.d.Store.Update(ctx, func(s *state.State) error {
 		p := s.Plan(r.ref.Digest)
 		if p == nil || p.Stage(r.ref.Number) == nil {
 			return errors.New("the stage vanished from the migration state")
 		}
 		st := p.Stage(r.ref.Number)
+		if err := st.Fence(r.o.RunID, r.phase); err != nil {
+			return err
+		}
 		if phase != "" && (phase != st.Phase || reason != "") {
 			if err := st.Move(phase, now, reason); err != nil {
 				return err
@@ -44,6 +53,14 @@ func (r *run) setPhase(ctx context.Context, phase state.Phase, reason string, mu
 		}
 		return nil
 	})
+	var fenced *state.FencedError
+	switch {
+	case errors.As(err, &fenced):
+		r.fenced = fenced
+	case err == nil && phase != "":
+		r.phase = phase
+	}
+	return err
 }
 
 func (r *run) event(ctx context.Context, typ, reason, msg string) {
@@ -57,6 +74,14 @@ func (r *run) event(ctx context.Context, typ, reason, msg string) {
 // set, is an error other than a failed check (its exit code is then 1 if
 // the rollback works).
 func (r *run) fail(ctx context.Context, reason string, cause error) error {
+	if r.fenced != nil {
+		// Someone else holds the stage now (a person's rollback, a run
+		// that took over): theirs is the last word, ours is none.
+		r.res.Reason = r.fenced.Error()
+		r.res.Outcome = OutcomeTakenOver
+		r.d.Progress.Step("stop", r.fenced.Error())
+		return r.fenced
+	}
 	r.res.Reason = reason
 	// The run's context may be what ended (Ctrl-C, SIGTERM): the rollback
 	// must still happen, within its own bound.
@@ -64,10 +89,16 @@ func (r *run) fail(ctx context.Context, reason string, cause error) error {
 	defer cancel()
 	r.d.Progress.Step("rollback", "rolling back: "+reason)
 	r.event(rctx, corev1.EventTypeWarning, events.StageRollingBack, fmt.Sprintf("stage %d: %s; rolling back", r.ref.Number, reason))
-	rb := &rollback.Runner{Istio: r.d.Istio, Store: r.d.Store, Now: r.d.Clock.Now}
+	rb := &rollback.Runner{Istio: r.d.Istio, Kube: r.d.Kube, Store: r.d.Store, Now: r.d.Clock.Now, Owner: r.o.RunID, Fallback: r.record}
 	reps, err := rb.Stages(rctx, r.ref.Digest, []int{r.ref.Number}, reason, rollback.Options{})
 	r.res.Rollback = reps
+	var fenced *state.FencedError
+	if errors.As(err, &fenced) {
+		r.fenced = fenced
+		return r.fail(ctx, reason, cause)
+	}
 	if err == nil {
+		r.phase = state.RolledBack
 		err = r.confirmPlaintext(rctx)
 	}
 	if err != nil {

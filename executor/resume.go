@@ -54,6 +54,9 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		}
 	}
 	r.note(fmt.Sprintf("a previous run left stage %d (%s) %s since %s (by %s); resuming", ss.Number, ss.Namespace, ss.Phase, ss.StartedAt.UTC().Format("2006-01-02T15:04:05Z"), orUnknown(ss.AppliedBy)))
+	if err := r.takeOver(ctx, ss); err != nil {
+		return r.res, err
+	}
 
 	if ss.Phase == state.RollingBack {
 		return r.res, r.fail(ctx, "finishing the rollback a previous run started: "+ss.Reason, nil)
@@ -108,6 +111,7 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		return r.res, r.fail(ctx, "resume: "+err.Error(), err)
 	}
 	r.applied, r.appliedAt = live, ss.StartedAt
+	r.record.Target.UID, r.record.Target.ResourceVersion = string(live.UID), live.ResourceVersion
 	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d: resuming the verification a previous run left %s", ss.Number, ss.Phase))
 	if err := r.setPhase(ctx, state.Applying, "resumed after the previous run died", func(st *state.StageState) {
 		st.Target.UID = string(live.UID)
@@ -153,4 +157,29 @@ func anyChanged(reps []rollback.StageReport) bool {
 func IsRolledBack(err error) bool {
 	var rb *RolledBackError
 	return errors.As(err, &rb)
+}
+
+// takeOver makes this run the stage's owner (the caller holds the lock the
+// dead run lost): from here on, a write from the previous run is fenced
+// off. It is a compare-and-set on the phase and owner the resume was
+// decided from.
+func (r *run) takeOver(ctx context.Context, seen *state.StageState) error {
+	err := r.d.Store.Update(ctx, func(s *state.State) error {
+		p := s.Plan(r.ref.Digest)
+		if p == nil || p.Stage(r.ref.Number) == nil {
+			return errors.New("the stage vanished from the migration state")
+		}
+		st := p.Stage(r.ref.Number)
+		if err := st.Fence(seen.Owner, seen.Phase); err != nil {
+			return err
+		}
+		st.Owner = r.o.RunID
+		r.record = st.DeepCopy()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("resume: take the stage over: %w", err)
+	}
+	r.phase = seen.Phase
+	return nil
 }

@@ -41,6 +41,13 @@ type run struct {
 	// is checked against.
 	applied   *securityv1.PeerAuthentication
 	appliedAt time.Time
+	// phase is what this run last wrote; fenced is set once a write found
+	// the stage taken over, and every later write is refused.
+	phase  state.Phase
+	fenced *state.FencedError
+	// record is the stage's state as this run wrote it: a rollback still
+	// has the snapshot if the state's ConfigMap is gone.
+	record *state.StageState
 }
 
 // rollbackTimeout bounds the rollback after an interruption, when the run's
@@ -273,7 +280,7 @@ func (r *run) snapshot(ctx context.Context) error {
 		return err
 	}
 	now := r.d.Clock.Now()
-	return r.d.Store.Update(ctx, func(s *state.State) error {
+	err = r.d.Store.Update(ctx, func(s *state.State) error {
 		if err := checkNotInProgress(s, r.o.PlanDigest, r.stage.Number); err != nil {
 			return err
 		}
@@ -287,8 +294,17 @@ func (r *run) snapshot(ctx context.Context) error {
 		st.Snapshot = raw
 		st.Target = &state.Target{Name: r.stage.Policy.Metadata.Name, Created: r.target == nil, Mode: string(r.stage.TargetMode)}
 		st.Baseline = r.res.Baseline
-		return st.Move(state.Applying, now, "")
+		st.Owner = r.o.RunID
+		if err := st.Move(state.Applying, now, ""); err != nil {
+			return err
+		}
+		r.record = st.DeepCopy()
+		return nil
 	})
+	if err == nil {
+		r.phase = state.Applying
+	}
+	return err
 }
 
 func (r *run) apply(ctx context.Context) error {
@@ -313,6 +329,9 @@ func (r *run) apply(ctx context.Context) error {
 	}
 	r.res.Applied = appliedObject(obj)
 	r.applied, r.appliedAt = obj, r.d.Clock.Now()
+	if r.record != nil && r.record.Target != nil {
+		r.record.Target.UID, r.record.Target.ResourceVersion = string(obj.UID), obj.ResourceVersion
+	}
 	return r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
 		st.Target.UID = string(obj.UID)
 		st.Target.ResourceVersion = obj.ResourceVersion
@@ -342,6 +361,8 @@ func (r *run) promGate(g plans.Gate, b *health.Baseline) *health.PromGate {
 }
 
 func (r *run) soak(ctx context.Context, d time.Duration) health.Outcome {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	checks := []health.Check{r.pods}
 	for _, g := range r.gates {
 		checks = append(checks, g)
@@ -356,6 +377,9 @@ func (r *run) soak(ctx context.Context, d time.Duration) health.Outcome {
 			// a failed write is logged, not fatal: the verdict does not need it.
 			if err := r.setPhase(ctx, "", "", func(st *state.StageState) { st.Gates = r.res.Gates }); err != nil {
 				r.d.Progress.Step("soak", "could not record gate values: "+err.Error())
+				if r.fenced != nil {
+					stop(r.fenced) // taken over: soaking on would judge someone else's stage
+				}
 			}
 		},
 	}

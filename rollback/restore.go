@@ -111,7 +111,11 @@ func dryRun(dry bool) []string {
 
 func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState, obj string, o Options) (Action, error) {
 	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := peerauth.Get(ctx, c, st.Namespace, st.Target.Name)
+	var live *securityv1.PeerAuthentication
+	err := kuberetry.DoUntil(ctx, func() (err error) {
+		live, err = peerauth.Get(ctx, c, st.Namespace, st.Target.Name)
+		return err
+	})
 	if apierrors.IsNotFound(err) {
 		return Action{Object: obj, Did: "already absent (it did not exist before the stage)"}, nil
 	}
@@ -131,7 +135,7 @@ func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState
 	// anything newer is a conflict, and Restore re-reads and decides again.
 	uid, rv := live.UID, live.ResourceVersion
 	// A retried delete that had landed finds it absent (404, below).
-	err = kuberetry.Do(ctx, func() error {
+	err = kuberetry.DoUntil(ctx, func() error {
 		return pas.Delete(ctx, live.Name, metav1.DeleteOptions{
 			Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
 			DryRun:        dryRun(o.DryRun),
@@ -148,7 +152,11 @@ func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState
 
 func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState, before *securityv1.PeerAuthentication, obj string, o Options) (Action, error) {
 	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := peerauth.Get(ctx, c, st.Namespace, before.Name)
+	var live *securityv1.PeerAuthentication
+	err := kuberetry.DoUntil(ctx, func() (err error) {
+		live, err = peerauth.Get(ctx, c, st.Namespace, before.Name)
+		return err
+	})
 	if apierrors.IsNotFound(err) {
 		return Action{}, &ConflictError{Object: obj, Reason: "it was deleted after the stage patched it; recreating it would give it a new creation time and change Istio's precedence"}
 	}
@@ -179,7 +187,7 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 	// and Restore re-reads instead of overwriting it.
 	// 429/5xx/timeouts are retried; a retried update that had landed is a
 	// 409 (stale resourceVersion), re-read as "already as before".
-	err = kuberetry.Do(ctx, func() error {
+	err = kuberetry.DoUntil(ctx, func() error {
 		_, err := pas.Update(ctx, restored, metav1.UpdateOptions{FieldManager: peerauth.FieldManager, DryRun: dryRun(o.DryRun)})
 		return err
 	})
