@@ -3,6 +3,7 @@ package rollback
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,10 +11,12 @@ import (
 	apisecurity "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
@@ -226,5 +229,45 @@ func seedPhase(st *state.StageState, ph state.Phase, at time.Time, reason string
 	st.History = append(st.History, state.Transition{Phase: ph, At: at.UTC(), Reason: reason})
 	if ph == state.Done || ph == state.RolledBack || ph == state.Failed {
 		st.FinishedAt = at.UTC()
+	}
+}
+
+// TestRollbackAllGoesOnPastADeletedNamespace: `rollback --all` over stages
+// whose namespace was deleted since reports it and rolls the others back.
+func TestRollbackAllGoesOnPastADeletedNamespace(t *testing.T) {
+	ctx := context.Background()
+	c := istiofake.NewSimpleClientset(existing())
+	m, digest := applyStage(t, c, false)
+	// Stage 2 was in namespace "gone", deleted since (with its policies).
+	if err := m.Update(ctx, func(s *state.State) error {
+		st := s.Plan(digest).EnsureStage(2, "gone")
+		st.Target = &state.Target{Name: "default", Created: false, UID: "uid-gone", Mode: "STRICT"}
+		gone := existing()
+		gone.Namespace, gone.UID = "gone", "uid-gone"
+		raw, err := Encode([]*securityv1.PeerAuthentication{gone})
+		st.Snapshot = raw
+		seedPhase(st, state.Done, time.Now(), "")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kube := kubefake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cart"}})
+	r := &Runner{Istio: c, Kube: kube, Store: m}
+	s, _ := m.Load(ctx)
+	numbers, _ := AppliedStages(s, digest)
+	reps, err := r.Stages(ctx, digest, numbers, "all", Options{})
+	if err != nil {
+		t.Fatalf("rollback --all stopped: %v (%+v)", err, reps)
+	}
+	if len(reps) != 2 || reps[0].Number != 2 || !strings.Contains(reps[0].Note, `namespace "gone" no longer exists`) {
+		t.Fatalf("reports %+v", reps)
+	}
+	pa, _ := c.SecurityV1().PeerAuthentications("cart").Get(ctx, "default", metav1.GetOptions{})
+	if pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE {
+		t.Fatalf("stage 1 not rolled back: %s", pa.Spec.GetMtls().GetMode())
+	}
+	s, _ = m.Load(ctx)
+	if ph := s.Plan(digest).Stage(2).Phase; ph != state.RolledBack {
+		t.Fatalf("stage 2 is %s", ph)
 	}
 }

@@ -46,6 +46,8 @@ type applyOptions struct {
 	LockTTL              time.Duration
 	// now is the clock of the window and the state's records; tests fix it.
 	now func() time.Time
+	// runID is the lock's identity once taken: the stage owner in the state.
+	runID string
 }
 
 func newApplyCmd(f *factory, runF func(*applyOptions) error) *cobra.Command {
@@ -209,7 +211,7 @@ func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *pl
 	}
 	opts := executor.Options{
 		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,
-		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f),
+		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f), RunID: o.runID,
 		Settle: o.Settle, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
 	}
 	return d, opts, nil
