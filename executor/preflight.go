@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/common/model"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/gitops"
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
@@ -67,7 +68,27 @@ func (r *run) preflight(ctx context.Context) error {
 	if err := r.checkPlaintext(ctx, st); err != nil {
 		return err
 	}
+	r.noteOwnership()
 	return nil
+}
+
+// noteOwnership says, before the change, when the policy the stage patches
+// belongs to a GitOps controller or Helm: server-side apply with force takes
+// spec.mtls.mode's ownership away from it, and its self-heal may revert
+// the stage (the plan's GITOPS_MANAGED risk says the same for review).
+func (r *run) noteOwnership() {
+	if r.target == nil {
+		return
+	}
+	var mgrs []string
+	for _, mf := range r.target.ManagedFields {
+		if mf.Manager != peerauth.FieldManager {
+			mgrs = append(mgrs, mf.Manager)
+		}
+	}
+	if who := gitops.ManagedBy(r.target.Labels, r.target.Annotations, mgrs); len(who) > 0 {
+		r.note(fmt.Sprintf("PeerAuthentication %s/%s is managed by %s: the stage's server-side apply (force) takes ownership of spec.mtls.mode from it, and its self-heal may revert the change; the check before done will tell", r.target.Namespace, r.target.Name, strings.Join(who, ", ")))
+	}
 }
 
 // checkNotInProgress refuses when a stage is mid-way (a run is going on, or

@@ -110,6 +110,31 @@ func TestPlanRisks(t *testing.T) {
 		{"TestPlanReviewsNamespaceThatIsDisable", func() *world {
 			return orders().peerAuth("orders", "off", old, nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil)
 		}, CodeCurrentModeDisable, plans.SeverityReview, plans.StatusNeedsReview},
+		{"TestPlanReviewsAmbientNamespace", func() *world {
+			w := orders()
+			for _, o := range w.kube {
+				if n, ok := o.(*corev1.Namespace); ok && n.Name == "orders" {
+					n.Labels["istio.io/dataplane-mode"] = "ambient"
+				}
+			}
+			return w
+		}, CodeAmbientNamespace, plans.SeverityReview, plans.StatusNeedsReview},
+		{"TestPlanReviewsPolicyManagedByArgoCD", func() *world {
+			w := orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, nil)
+			pa := w.istio[len(w.istio)-1].(*securityv1.PeerAuthentication)
+			pa.Annotations = map[string]string{"argocd.argoproj.io/tracking-id": "shop:security.istio.io/PeerAuthentication:orders/default"}
+			pa.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "argocd-controller", Operation: metav1.ManagedFieldsOperationApply}}
+			return w
+		}, CodeGitOpsManaged, plans.SeverityReview, plans.StatusNeedsReview},
+		{"TestPlanReviewsNamespaceManagedByFlux", func() *world {
+			w := orders()
+			for _, o := range w.kube {
+				if n, ok := o.(*corev1.Namespace); ok && n.Name == "orders" {
+					n.Labels["kustomize.toolkit.fluxcd.io/name"] = "apps"
+				}
+			}
+			return w
+		}, CodeGitOpsManaged, plans.SeverityReview, plans.StatusNeedsReview},
 		{"TestPlanIgnoresOwnNamespacePolicy", func() *world {
 			return orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue})
 		}, "", "", plans.StatusReady},

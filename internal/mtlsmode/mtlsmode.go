@@ -27,6 +27,7 @@
 package mtlsmode
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -51,6 +52,9 @@ type Policy struct {
 	Mode plans.Mode
 	// PortModes is spec.portLevelMtls, keyed by container port.
 	PortModes map[uint32]plans.Mode
+	// Managers are the object's managedFields managers (who writes it); not
+	// part of its precedence, nor of its digest.
+	Managers []string
 }
 
 // NamespaceWide reports whether the policy has no workload selector.
@@ -253,6 +257,11 @@ func FromV1(pa *securityv1.PeerAuthentication) Policy {
 		CreationTimestamp: pa.CreationTimestamp.Time.UTC(),
 		Labels:            pa.Labels, Annotations: pa.Annotations,
 		Mode: plans.ModeUnset,
+	}
+	for _, mf := range pa.ManagedFields {
+		if mf.Manager != "" && !slices.Contains(p.Managers, mf.Manager) {
+			p.Managers = append(p.Managers, mf.Manager)
+		}
 	}
 	if sel := pa.Spec.GetSelector(); sel != nil {
 		p.Selector = sel.GetMatchLabels()
