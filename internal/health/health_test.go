@@ -141,14 +141,16 @@ func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
 	return ctx.Err()
 }
 
-// fakeProm answers queries from a function of the time.
+// fakeProm answers queries from a function of the time, with warns (if
+// any) on every answer.
 type fakeProm struct {
 	answer func(q string, ts time.Time) (model.Value, error)
+	warns  v1.Warnings
 }
 
 func (f *fakeProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
 	v, err := f.answer(q, ts)
-	return v, nil, nil, err
+	return v, f.warns, nil, err
 }
 
 func (f *fakeProm) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
@@ -199,6 +201,67 @@ func TestRunnerSoak(t *testing.T) {
 				t.Fatalf("got healthy=%v reason=%q ticks=%d", out.Healthy, out.Reason, ticks)
 			}
 		})
+	}
+}
+
+// TestQueryValueNeverReadsAnOddAnswerAsData: a warning (partial answer), no
+// value at all, or a result of another type is an error, never "no data"
+// and never a value.
+func TestQueryValueNeverReadsAnOddAnswerAsData(t *testing.T) {
+	partial := v1.Warnings{"store gateway eu-1 did not answer: partial response"}
+	tests := []struct {
+		name   string
+		value  model.Value
+		warns  v1.Warnings
+		want   float64 // when no error
+		errMsg string  // "" for no error
+	}{
+		{"one sample", vec(0.99), nil, 0.99, ""},
+		{"scalar", &model.Scalar{Value: 2}, nil, 2, ""},
+		{"empty vector is no data", model.Vector{}, nil, nan, ""},
+		{"NaN sample is NaN", vec(nan), nil, nan, ""},
+		{"warnings with a value", vec(0.99), partial, 0, "answered with warnings, so the answer may be partial: store gateway eu-1 did not answer"},
+		{"warnings with no data", model.Vector{}, partial, 0, "partial response"},
+		{"matrix", model.Matrix{&model.SampleStream{Values: []model.SamplePair{{Value: 1}}}}, nil, 0, "answered with a matrix, not an instant vector or a scalar"},
+		{"string", &model.String{Value: "1"}, nil, 0, "answered with a string"},
+		{"no value at all", nil, nil, 0, "answered with no value"},
+		{"two series", model.Vector{&model.Sample{Value: 1}, &model.Sample{Value: 1}}, nil, 0, "more than one series"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := &fakeProm{answer: func(string, time.Time) (model.Value, error) { return tt.value, nil }, warns: tt.warns}
+			got, err := QueryValue(context.Background(), q, "q", time.Time{}, 0)
+			switch {
+			case tt.errMsg == "" && err != nil:
+				t.Fatalf("error %v, want %v", err, tt.want)
+			case tt.errMsg == "" && !(got == tt.want || math.IsNaN(got) && math.IsNaN(tt.want)):
+				t.Fatalf("got %v, want %v", got, tt.want)
+			case tt.errMsg != "" && (err == nil || !strings.Contains(err.Error(), tt.errMsg) || !math.IsNaN(got)):
+				t.Fatalf("got %v, %v; want NaN and an error containing %q", got, err, tt.errMsg)
+			}
+		})
+	}
+}
+
+// TestRunnerPartialAnswersAreErrors: a gate answered with warnings is an
+// Error naming the warning, and K of them in a row fail the soak.
+func TestRunnerPartialAnswersAreErrors(t *testing.T) {
+	gate := plans.Gate{Name: "sr", Query: "q", Comparison: plans.GreaterOrEqual, Threshold: 0.9}
+	prom := &fakeProm{answer: func(string, time.Time) (model.Value, error) { return vec(1), nil }, warns: v1.Warnings{"partial response: 1 of 3 shards"}}
+	var results []Result
+	r := &Runner{
+		Checks:   []Check{&PromGate{Gate: gate, Querier: prom}},
+		Interval: time.Minute, MaxConsecutiveErrors: 3, Clock: &fakeClock{},
+		OnTick: func(tk Tick) { results = append(results, tk.Results...) },
+	}
+	out := r.Soak(context.Background(), 6*time.Minute)
+	if out.Healthy || !strings.Contains(out.Reason, "3 consecutive errors") || !strings.Contains(out.Reason, "partial response: 1 of 3 shards") {
+		t.Fatalf("got healthy=%v reason=%q", out.Healthy, out.Reason)
+	}
+	for _, res := range results {
+		if res.Verdict != Error {
+			t.Fatalf("a partial answer was judged %s: %+v", res.Verdict, res)
+		}
 	}
 }
 

@@ -113,3 +113,55 @@ func TestQueriesApplyTheTimeoutAndReturnWarnings(t *testing.T) {
 		})
 	}
 }
+
+type answerQuerier struct {
+	v     model.Value
+	warns v1.Warnings
+	err   error
+}
+
+func (a answerQuerier) Query(context.Context, string, time.Time, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return a.v, a.warns, v1.Infos{"metric might not be a counter"}, a.err
+}
+
+func (a answerQuerier) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("no range queries here")
+}
+
+// TestInstantVectorRefusesWarningsAndOtherTypes: a warning or a result that
+// is not a vector is an *UnusableAnswerError naming it; infos are not; a
+// query error passes through as is.
+func TestInstantVectorRefusesWarningsAndOtherTypes(t *testing.T) {
+	boom := errors.New("boom")
+	tests := []struct {
+		name     string
+		q        answerQuerier
+		unusable string // the *UnusableAnswerError's message; "" when none
+		err      error
+	}{
+		{"vector with infos only", answerQuerier{v: model.Vector{}}, "", nil},
+		{"warnings", answerQuerier{v: model.Vector{}, warns: v1.Warnings{"partial response"}}, "answered with warnings, so the answer may be partial: partial response", nil},
+		{"matrix", answerQuerier{v: model.Matrix{}}, "answered with a matrix, not an instant vector", nil},
+		{"scalar", answerQuerier{v: &model.Scalar{}}, "answered with a scalar, not an instant vector", nil},
+		{"no value", answerQuerier{}, "answered with no value, not an instant vector", nil},
+		{"query error", answerQuerier{err: boom}, "", boom},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := InstantVector(context.Background(), tt.q, "q", time.Time{}, 0)
+			var ue *UnusableAnswerError
+			switch {
+			case tt.unusable != "":
+				if !errors.As(err, &ue) || err.Error() != tt.unusable {
+					t.Fatalf("err = %v, want an UnusableAnswerError %q", err, tt.unusable)
+				}
+			case tt.err != nil:
+				if !errors.Is(err, tt.err) || errors.As(err, &ue) {
+					t.Fatalf("err = %v, want %v as is", err, tt.err)
+				}
+			case err != nil:
+				t.Fatalf("err = %v, want none", err)
+			}
+		})
+	}
+}
