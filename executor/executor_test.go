@@ -50,6 +50,8 @@ type env struct {
 	clock *fakeClock
 	log   *[]string
 	prom  func(q string, ts time.Time) (model.Value, error)
+	// warn, when set, adds warnings to the answer of q.
+	warn func(q string, ts time.Time) v1.Warnings
 }
 
 type recordingStore struct {
@@ -131,6 +133,22 @@ func (f *fakeExec) Exec(ctx context.Context, _, _, _ string, _ []string) (string
 	return "200", 0, nil
 }
 
+// envProm answers from the env's prom, with its warn's warnings.
+type envProm struct{ e *env }
+
+func (p envProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	v, err := p.e.prom(q, ts)
+	var w v1.Warnings
+	if p.e.warn != nil {
+		w = p.e.warn(q, ts)
+	}
+	return v, w, nil, err
+}
+
+func (envProm) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("the executor makes no range queries")
+}
+
 type promFunc func(q string, ts time.Time) (model.Value, error)
 
 func (f promFunc) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
@@ -201,7 +219,7 @@ func testPlan(updatesExisting bool, digest string) *plans.Plan {
 func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, *fakeWriter) { //nolint:staticcheck // reads as Run's own (result, err) plus the fake
 	w := &fakeWriter{e: e}
 	d := Deps{
-		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
+		Kube: e.kube, Istio: e.istio, Writer: w, Prom: envProm{e},
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Clock: e.clock, Timeout: time.Second},
 		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
@@ -318,6 +336,27 @@ func TestFailuresRollBack(t *testing.T) {
 	}
 }
 
+// TestPartialAnswersDuringTheSoakRollBack: a gate answered with warnings is
+// an error each tick, never a pass; K of them roll the stage back, and the
+// reason names the warning.
+func TestPartialAnswersDuringTheSoakRollBack(t *testing.T) {
+	e := newEnv(t, true)
+	e.warn = func(q string, ts time.Time) v1.Warnings {
+		if q == "success" && ts.After(t0.Add(20*time.Second)) {
+			return v1.Warnings{"partial response: querier timed out on 2 of 5 blocks"}
+		}
+		return nil
+	}
+	_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), nil)
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || !strings.Contains(rb.Reason, "3 consecutive errors") || !strings.Contains(rb.Reason, "partial response: querier timed out") {
+		t.Fatalf("want a rollback naming the warning, got %v", err)
+	}
+	if e.phase() != state.RolledBack {
+		t.Fatalf("phase %s", e.phase())
+	}
+}
+
 type execFunc func() (string, int)
 
 func (f execFunc) Exec(context.Context, string, string, string, []string) (string, int, error) {
@@ -387,6 +426,30 @@ func TestPreflightRefusals(t *testing.T) {
 				return healthyProm(q, ts)
 			}
 		}, nil, "batch/nightly (3 plaintext requests)"},
+		{"partial answer to the plaintext query", nil, func(e *env) {
+			e.warn = func(q string, _ time.Time) v1.Warnings {
+				if strings.Contains(q, "connection_security_policy") {
+					return v1.Warnings{"partial response: store eu-1 unavailable"}
+				}
+				return nil
+			}
+		}, nil, `Prometheus's answer to the query for plaintext requests into "cart" cannot be judged by: it answered with warnings, so the answer may be partial: partial response: store eu-1 unavailable; check --prometheus-url and the tenant`},
+		{"matrix answer to the plaintext query", nil, func(e *env) {
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					return model.Matrix{}, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, "it answered with a matrix, not an instant vector; check --prometheus-url"},
+		{"no value answering the plaintext query", nil, func(e *env) {
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					return nil, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, "it answered with no value"},
 		{"probe cannot reach its target", nil, nil, func(o *Options) {}, "probe plaintext cannot reach its target now"},
 		{"stage already in progress", nil, func(e *env) {
 			_ = e.store.Update(context.Background(), func(s *state.State) error {

@@ -2,8 +2,10 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -198,13 +200,10 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 	}
 	var found []string
 	for _, what := range []string{"requests", "connections"} {
-		// TODO(fail-closed): warnings (a partial answer) are ignored for
-		// now, so a partial answer can hide plaintext.
-		v, _, _, err := istiometrics.Instant(ctx, r.d.Prom, queries[what], now, r.d.PromTimeout)
+		vec, err := r.promVector(ctx, queries[what], now, "plaintext "+what+" into "+strconv.Quote(r.stage.Namespace))
 		if err != nil {
-			return fmt.Errorf("pre-flight: query Prometheus for plaintext %s into %q: %w; it must answer before a stage is applied (check --prometheus-url)", what, r.stage.Namespace, err)
+			return err
 		}
-		vec, _ := v.(model.Vector)
 		for _, s := range vec {
 			if s.Value > 0 {
 				found = append(found, fmt.Sprintf("%s/%s (%.0f plaintext %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), what))
@@ -221,6 +220,22 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 		return nil
 	}
 	return refusef("%s; STRICT would cut these clients off: re-run plan, or pass --force --reason \"...\"", msg)
+}
+
+// promVector runs one of pre-flight's instant queries. A query error is an
+// error; an answer that cannot be judged by (warnings: a partial answer; a
+// result that is not a vector) refuses the stage, since reading it as
+// "nothing found" could hide what the check looks for.
+func (r *run) promVector(ctx context.Context, query string, now time.Time, what string) (model.Vector, error) {
+	vec, err := istiometrics.InstantVector(ctx, r.d.Prom, query, now, r.d.PromTimeout)
+	var ue *istiometrics.UnusableAnswerError
+	switch {
+	case errors.As(err, &ue):
+		return nil, refusef("pre-flight: Prometheus's answer to the query for %s cannot be judged by: it %s; check --prometheus-url and the tenant (--prometheus-header X-Scope-OrgID=...), or retry when every store answers (query: %s)", what, ue, query)
+	case err != nil:
+		return nil, fmt.Errorf("pre-flight: query Prometheus for %s: %w; it must answer before a stage is applied (check --prometheus-url)", what, err)
+	}
+	return vec, nil
 }
 
 // precheckProbes makes every probe once before the change. A probe that
