@@ -418,14 +418,27 @@ func TestPreflightRefusals(t *testing.T) {
 		{"plaintext since the plan", nil, func(e *env) {
 			e.prom = func(q string, ts time.Time) (model.Value, error) {
 				if strings.Contains(q, "istio_requests_total") && strings.Contains(q, "connection_security_policy") {
-					if !strings.Contains(q, "[2h0m0s]") && !strings.Contains(q, "[1h]") {
+					if !strings.Contains(q, "[2h]") { // back to the plan, made 2h ago
 						return nil, fmt.Errorf("unexpected range in %s", q)
+					}
+					if strings.Contains(q, "unless") {
+						return model.Vector{}, nil // no new series
 					}
 					return model.Vector{&model.Sample{Metric: model.Metric{"source_workload": "nightly", "source_workload_namespace": "batch"}, Value: 3}}, nil
 				}
 				return healthyProm(q, ts)
 			}
-		}, nil, "batch/nightly (3 plaintext requests)"},
+		}, nil, `plaintext traffic into "cart" in the last 2h (since the plan or the tool's last probes there): batch/nightly (3 plaintext requests);`},
+		{"new plaintext series since the plan", nil, func(e *env) {
+			// The nightly client's first scrape already holds its 40
+			// requests: increase sees nothing, the new series does.
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") && strings.Contains(q, "istio_requests_total") && strings.Contains(q, "unless") {
+					return model.Vector{&model.Sample{Metric: model.Metric{"source_workload": "nightly", "source_workload_namespace": "batch"}, Value: 40}}, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, `plaintext traffic into "cart" in the last 2h (since the plan or the tool's last probes there): batch/nightly (40 plaintext requests in series that began since)`},
 		{"partial answer to the plaintext query", nil, func(e *env) {
 			e.warn = func(q string, _ time.Time) v1.Warnings {
 				if strings.Contains(q, "connection_security_policy") {
@@ -482,6 +495,68 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 			if after := e.policy(); after.ResourceVersion != before.ResourceVersion {
 				t.Fatal("refused stage changed the policy")
+			}
+		})
+	}
+}
+
+// TestPlaintextLookBack: pre-flight looks for plaintext back to the plan
+// (at most one plan window), starting after the tool's own last probes, and
+// for plaintext series that began in that time (except in the scrape grace
+// right after our probes, where they may be ours).
+func TestPlaintextLookBack(t *testing.T) {
+	tests := []struct {
+		name      string
+		generated time.Time
+		probedAt  time.Time // zero: never probed
+		want      []string  // the plaintext queries' ranges and offsets, per metric
+	}{
+		{"back to the plan", t0.Add(-2 * time.Hour), time.Time{}, []string{"[2h]))", "[2h]) > 0) unless", "offset 2h)"}},
+		{"a night-old plan", t0.Add(-14 * time.Hour), time.Time{}, []string{"[14h]))", "[14h]) > 0) unless", "offset 14h)"}},
+		{"at most one window back", t0.Add(-10 * 24 * time.Hour), time.Time{}, []string{"[1w]))", "[1w]) > 0) unless", "offset 1w)"}},
+		{"after our own probes, new series after the scrape grace", t0.Add(-2 * time.Hour), t0.Add(-30 * time.Minute), []string{"[29m59s]))", "[29m59s]) > 0) unless", "offset 28m)"}},
+		{"probes within the scrape grace: increase only", t0.Add(-2 * time.Hour), t0.Add(-time.Minute), []string{"[59s]))"}},
+		{"a plan from the future: an hour back", t0.Add(time.Hour), time.Time{}, []string{"[1h]))", "[1h]) > 0) unless", "offset 1h)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			if !tt.probedAt.IsZero() {
+				_ = e.store.Update(context.Background(), func(s *state.State) error {
+					s.ProbedAt = map[string]time.Time{"cart": tt.probedAt}
+					return nil
+				})
+			}
+			got := map[string][]string{}
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					metric := "requests"
+					if strings.Contains(q, "istio_tcp_connections_opened_total") {
+						metric = "connections"
+					}
+					got[metric] = append(got[metric], q)
+				}
+				return healthyProm(q, ts)
+			}
+			p := testPlan(true, policyDigest(existingPolicy()))
+			p.Metadata.GeneratedAt = tt.generated
+			if _, err, _ := e.run(p, func(_ *Deps, o *Options) { o.DryRun = true }); err != nil {
+				t.Fatal(err)
+			}
+			for _, metric := range []string{"requests", "connections"} {
+				qs, n := got[metric], 2 // increase and new series
+				if len(tt.want) == 1 {
+					n = 1
+				}
+				if len(qs) != n {
+					t.Fatalf("%s: %d queries, want %d: %v", metric, len(qs), n, qs)
+				}
+				all := strings.Join(qs, "\n")
+				for _, w := range tt.want {
+					if !strings.Contains(all, w) {
+						t.Errorf("%s queries lack %q:\n%s", metric, w, all)
+					}
+				}
 			}
 		})
 	}

@@ -171,42 +171,62 @@ func (r *run) checkTarget() error {
 	return nil
 }
 
-// checkPlaintext re-queries Prometheus for plaintext into the namespace
-// since the plan was made (at most the last hour), and since the tool's own
-// last probes there.
+// probeScrapeGrace is how long after the tool's own probes a series they
+// created may wait for its first scrape (a generous scrape interval). A
+// plaintext series first seen within it cannot be told from one of our
+// probes', so it is counted from its second scrape on only (by increase).
+const probeScrapeGrace = 2 * time.Minute
+
+// checkPlaintext re-queries Prometheus for plaintext into the namespace (the
+// whole mesh for the mesh-wide stage) since the plan was made, at most one
+// plan window back, and since the tool's own last probes there. Two
+// queries per metric: the increase of every plaintext series, and the
+// count of plaintext series new in that time (a client whose first scrape
+// already holds its requests has no increase to see).
 func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 	now := r.d.Clock.Now()
 	since := r.o.Plan.Metadata.GeneratedAt
+	if w := r.o.Plan.Metadata.Window.Std(); w > 0 && now.Sub(since) > w {
+		since = now.Add(-w)
+	}
+	absentAt := since // a series existing then is old, seen by increase
 	if t, ok := st.ProbedAt[r.stage.Namespace]; ok && t.After(since) {
 		since = t.Add(time.Second)
+		absentAt = t.Add(probeScrapeGrace)
 	}
 	rng := now.Sub(since)
-	if rng > time.Hour || rng <= 0 {
+	if rng <= 0 {
+		// The plan or our last probes lie in the future (a skewed clock):
+		// look back an hour rather than not at all. Stricter, never laxer.
 		rng = time.Hour
+		absentAt = now.Add(-rng)
 	}
-	if rng < time.Second {
-		rng = time.Second
-	}
+	rng = max(rng.Round(time.Second), time.Second)
 	ns := ""
 	if r.stage.Scope != plans.ScopeMesh {
 		ns = r.stage.Namespace
 	}
 	sel := istiometrics.DestinationPlaintext(ns)
 	by := istiometrics.Grouping(istiometrics.LabelSourceWorkload, istiometrics.LabelSourceWorkloadNamespace)
-	window := model.Duration(rng.Round(time.Second)).String()
-	queries := map[string]string{
-		"requests":    fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.RequestsTotal, sel, window),
-		"connections": fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.TCPConnectionsOpened, sel, window),
+	window := model.Duration(rng).String()
+	type check struct{ what, query, unit string }
+	var checks []check
+	for _, m := range []struct{ metric, what string }{{istiometrics.RequestsTotal, "requests"}, {istiometrics.TCPConnectionsOpened, "connections"}} {
+		checks = append(checks, check{m.what, istiometrics.IncreaseBy(m.metric, sel, by, window), "plaintext " + m.what})
+		if absent := now.Sub(absentAt).Round(time.Second); absent > 0 {
+			checks = append(checks, check{m.what, istiometrics.NewSeriesBy(m.metric, sel, by, window, model.Duration(absent).String()),
+				"plaintext " + m.what + " in series that began since"})
+		}
 	}
 	var found []string
-	for _, what := range []string{"requests", "connections"} {
-		vec, err := r.promVector(ctx, queries[what], now, "plaintext "+what+" into "+strconv.Quote(r.stage.Namespace))
+	for _, c := range checks {
+		vec, err := r.promVector(ctx, c.query, now, "plaintext "+c.what+" into "+strconv.Quote(r.stage.Namespace))
 		if err != nil {
 			return err
 		}
 		for _, s := range vec {
 			if s.Value > 0 {
-				found = append(found, fmt.Sprintf("%s/%s (%.0f plaintext %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), what))
+				found = append(found, fmt.Sprintf("%s/%s (%.0f %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), c.unit))
 			}
 		}
 	}
@@ -214,7 +234,7 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 		return nil
 	}
 	sort.Strings(found)
-	msg := fmt.Sprintf("plaintext traffic into %q in the last %s (since the plan): %s", r.stage.Namespace, window, strings.Join(found, ", "))
+	msg := fmt.Sprintf("plaintext traffic into %q in the last %s (since the plan or the tool's last probes there): %s", r.stage.Namespace, window, strings.Join(found, ", "))
 	if r.o.Force {
 		r.note("forced despite " + msg)
 		return nil

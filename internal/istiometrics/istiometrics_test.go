@@ -45,6 +45,12 @@ func TestSelectorsNameTheNamespaceOrTheWholeMesh(t *testing.T) {
 		{"one of, escaped", OneOf(LabelReporter, []string{"source", "a.b"}), `reporter=~"source|a\\.b"`},
 		{"regex quoted, not escaped", Selector(NotRe(LabelResponseCode, "5.."), Re(LabelResponseFlags, ".*(UF|URX|UC).*")), `response_code!~"5..",response_flags=~".*(UF|URX|UC).*"`},
 		{"grouping", Grouping(LabelSourceWorkload, LabelSourceWorkloadNamespace), "source_workload, source_workload_namespace"},
+		{"increase by", IncreaseBy(RequestsTotal, DestinationPlaintext("cart"), Grouping(LabelSourceWorkload), "2h"),
+			`sum by (source_workload) (increase(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"}[2h]))`},
+		{"new series by", NewSeriesBy(RequestsTotal, DestinationPlaintext("cart"), Grouping(LabelSourceWorkload), "2h", "1h58m"),
+			`sum by (source_workload) ((last_over_time(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"}[2h]) > 0) unless istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"} offset 1h58m)`},
+		{"series count in a namespace", SeriesCount(TCPConnectionsOpened, Destination("cart")), `count(istio_tcp_connections_opened_total{reporter="destination",destination_workload_namespace="cart"})`},
+		{"series count mesh-wide", SeriesCount(RequestsTotal, Destination("")), `count(istio_requests_total{reporter="destination"})`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
