@@ -562,6 +562,78 @@ func TestPlaintextLookBack(t *testing.T) {
 	}
 }
 
+// TestTelemetryCheckedWhenThePlanSawTraffic: when the plan's evidence says
+// the namespace had traffic, a Prometheus with none of its Istio series
+// now (wrong tenant, relabelled, fresh) refuses the stage before any
+// change, as does a stage none of whose gates can judge its baseline; not
+// even --force runs a blind stage.
+func TestTelemetryCheckedWhenThePlanSawTraffic(t *testing.T) {
+	traffic := plans.Evidence{HasTelemetry: true, MTLSRequestRate: 5, PlaintextRequestRate: 0}
+	tcp := plans.Evidence{HasTelemetry: true, MTLSConnectionRate: 2}
+	empty := func(string, time.Time) (model.Value, error) { return model.Vector{}, nil }
+	emptyWhere := func(sub string) func(string, time.Time) (model.Value, error) {
+		return func(q string, ts time.Time) (model.Value, error) {
+			if strings.Contains(q, sub) {
+				return model.Vector{}, nil
+			}
+			return healthyProm(q, ts)
+		}
+	}
+	tests := []struct {
+		name    string
+		ev      plans.Evidence
+		mesh    bool
+		prom    func(string, time.Time) (model.Value, error)
+		warn    func(string, time.Time) v1.Warnings
+		force   bool
+		refused string // "" when the stage must be done
+	}{
+		{"empty Prometheus", traffic, false, empty, nil, false,
+			`the plan saw traffic into namespace "cart" (5 requests/s, 0 connections/s), but Prometheus has no Istio series for it now (empty: count(istio_requests_total{reporter="destination",destination_workload_namespace="cart"})), so no check could see anything: check that --prometheus-url is the Prometheus the plan used (the plan read http://prom.example:9090), the tenant (--prometheus-header X-Scope-OrgID=...)`},
+		{"empty Prometheus, forced", traffic, false, empty, nil, true, "has no Istio series for it now"},
+		{"TCP series missing", tcp, false, emptyWhere("count(istio_tcp_connections_opened_total"), nil, false,
+			`empty: count(istio_tcp_connections_opened_total{reporter="destination",destination_workload_namespace="cart"})`},
+		{"mesh-wide stage with no series in the mesh", traffic, true, empty, nil, false,
+			`the plan saw traffic into the mesh (5 requests/s, 0 connections/s), but Prometheus has no Istio series for it now (empty: count(istio_requests_total{reporter="destination"}))`},
+		{"partial answer to the series count", traffic, false, healthyProm, func(q string, _ time.Time) v1.Warnings {
+			if strings.HasPrefix(q, "count(") {
+				return v1.Warnings{"partial response"}
+			}
+			return nil
+		}, false, `Prometheus's answer to the query for the Istio series of namespace "cart" cannot be judged by: it answered with warnings`},
+		{"series there but every gate blind at baseline", traffic, false, emptyWhere("success"), nil, false,
+			`baseline: no gate of stage 1 can judge namespace "cart" before the change although the plan saw traffic there (success-rate: no baseline: the gate's query had no data before the change`},
+		{"series there and a gate that judges", traffic, false, healthyProm, nil, false, ""},
+		{"the plan saw no traffic: nothing to lose, not checked", plans.Evidence{HasTelemetry: false}, false, empty, nil, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.prom, e.warn = tt.prom, tt.warn
+			p := testPlan(true, policyDigest(existingPolicy()))
+			p.Metadata.PrometheusURL = "http://prom.example:9090"
+			p.Stages[0].Evidence = tt.ev
+			if tt.mesh {
+				p.Stages[0].Scope = plans.ScopeMesh
+			}
+			before := e.policy()
+			res, err, w := e.run(p, func(_ *Deps, o *Options) { o.Force, o.Reason = tt.force, "test" })
+			if tt.refused == "" {
+				if err != nil || res.Outcome != OutcomeDone {
+					t.Fatalf("want done, got %v (%+v)", err, res)
+				}
+				return
+			}
+			if !IsRefused(err) || !strings.Contains(err.Error(), tt.refused) {
+				t.Fatalf("want refusal %q, got %v", tt.refused, err)
+			}
+			if len(w.dry) != 0 || e.policy().ResourceVersion != before.ResourceVersion || e.phase() != "" {
+				t.Fatalf("refused stage changed something: applies %v, phase %q", w.dry, e.phase())
+			}
+		})
+	}
+}
+
 func TestForcedBlockedStageRecordsTheReason(t *testing.T) {
 	e := newEnv(t, true)
 	p := testPlan(true, policyDigest(existingPolicy()))

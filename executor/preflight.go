@@ -69,7 +69,7 @@ func (r *run) preflight(ctx context.Context) error {
 	if err := r.checkPlaintext(ctx, st); err != nil {
 		return err
 	}
-	return nil
+	return r.checkTelemetry(ctx)
 }
 
 // checkNotInProgress refuses when a stage is mid-way (a run is going on, or
@@ -240,6 +240,52 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 		return nil
 	}
 	return refusef("%s; STRICT would cut these clients off: re-run plan, or pass --force --reason \"...\"", msg)
+}
+
+// checkTelemetry refuses when the plan saw traffic into the namespace (the
+// whole mesh for the mesh-wide stage) and Prometheus has none of its Istio
+// series now: a wrong tenant, metrics relabelled away, a fresh Prometheus
+// or a partial Thanos answer all look like that, and against them the
+// plaintext check finds nothing, every baseline is empty and every gate
+// stays Inconclusive, so the stage would pass unverified. Series, not
+// traffic: a namespace quiet right now still has its counters. Not
+// overridden by --force: no reason makes a blind check see.
+func (r *run) checkTelemetry(ctx context.Context) error {
+	ev := r.stage.Evidence
+	ns, where := r.stage.Namespace, fmt.Sprintf("namespace %q", r.stage.Namespace)
+	if r.stage.Scope == plans.ScopeMesh {
+		ns, where = "", "the mesh"
+	}
+	var metrics []string
+	if ev.MTLSRequestRate > 0 || ev.PlaintextRequestRate > 0 {
+		metrics = append(metrics, istiometrics.RequestsTotal)
+	}
+	if ev.MTLSConnectionRate > 0 || ev.PlaintextConnectionRate > 0 {
+		metrics = append(metrics, istiometrics.TCPConnectionsOpened)
+	}
+	now := r.d.Clock.Now()
+	var missing []string
+	for _, m := range metrics {
+		q := istiometrics.SeriesCount(m, istiometrics.Destination(ns))
+		vec, err := r.promVector(ctx, q, now, "the Istio series of "+where)
+		if err != nil {
+			return err
+		}
+		if len(vec) == 0 || !(vec[0].Value > 0) {
+			missing = append(missing, q)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	planProm := ""
+	if u := r.o.Plan.Metadata.PrometheusURL; u != "" {
+		planProm = fmt.Sprintf(" (the plan read %s)", u)
+	}
+	return refusef("pre-flight: the plan saw traffic into %s (%.4g requests/s, %.4g connections/s), but Prometheus has no Istio series for it now (empty: %s), so no check could see anything: "+
+		"check that --prometheus-url is the Prometheus the plan used%s, the tenant (--prometheus-header X-Scope-OrgID=...), relabelling that renames or drops Istio's metrics or their %s/%s labels, and retention; if %s really has no traffic any more, re-run plan",
+		where, ev.MTLSRequestRate+ev.PlaintextRequestRate, ev.MTLSConnectionRate+ev.PlaintextConnectionRate, strings.Join(missing, ", "), planProm,
+		istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, where)
 }
 
 // promVector runs one of pre-flight's instant queries. A query error is an
