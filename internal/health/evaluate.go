@@ -2,8 +2,10 @@
 // Rollouts' analysis: a pure verdict function per measurement (Successful,
 // Failed, Inconclusive or Error), kept apart from the loop that takes the
 // measurements (Runner) and from where they come from (Prometheus queries,
-// the namespace's pods). "No data", NaN and an unreachable Prometheus are
-// never a pass: they are errors, and K consecutive errors fail the gate.
+// the namespace's pods). "No data", NaN, a warning (a partial answer), an
+// answer of another type and an unreachable Prometheus are never a pass:
+// they are errors, and K consecutive errors fail the gate; so do K
+// measurements with too few samples after a baseline that had enough.
 package health
 
 import (
@@ -24,7 +26,8 @@ const (
 	// relative gate without a baseline. Not a pass; see Tracker for when it
 	// becomes a failure.
 	Inconclusive Verdict = "Inconclusive"
-	// Error: the value could not be had (query error, no data, NaN).
+	// Error: the value could not be had (query error, warnings, an answer
+	// of another type, no data, NaN).
 	Error Verdict = "Error"
 )
 
