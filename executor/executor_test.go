@@ -50,6 +50,8 @@ type env struct {
 	clock *fakeClock
 	log   *[]string
 	prom  func(q string, ts time.Time) (model.Value, error)
+	// warn, when set, adds warnings to the answer of q.
+	warn func(q string, ts time.Time) v1.Warnings
 }
 
 type recordingStore struct {
@@ -131,6 +133,22 @@ func (f *fakeExec) Exec(ctx context.Context, _, _, _ string, _ []string) (string
 	return "200", 0, nil
 }
 
+// envProm answers from the env's prom, with its warn's warnings.
+type envProm struct{ e *env }
+
+func (p envProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	v, err := p.e.prom(q, ts)
+	var w v1.Warnings
+	if p.e.warn != nil {
+		w = p.e.warn(q, ts)
+	}
+	return v, w, nil, err
+}
+
+func (envProm) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("the executor makes no range queries")
+}
+
 type promFunc func(q string, ts time.Time) (model.Value, error)
 
 func (f promFunc) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
@@ -201,7 +219,7 @@ func testPlan(updatesExisting bool, digest string) *plans.Plan {
 func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, *fakeWriter) { //nolint:staticcheck // reads as Run's own (result, err) plus the fake
 	w := &fakeWriter{e: e}
 	d := Deps{
-		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
+		Kube: e.kube, Istio: e.istio, Writer: w, Prom: envProm{e},
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Clock: e.clock, Timeout: time.Second},
 		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
@@ -318,6 +336,27 @@ func TestFailuresRollBack(t *testing.T) {
 	}
 }
 
+// TestPartialAnswersDuringTheSoakRollBack: a gate answered with warnings is
+// an error each tick, never a pass; K of them roll the stage back, and the
+// reason names the warning.
+func TestPartialAnswersDuringTheSoakRollBack(t *testing.T) {
+	e := newEnv(t, true)
+	e.warn = func(q string, ts time.Time) v1.Warnings {
+		if q == "success" && ts.After(t0.Add(20*time.Second)) {
+			return v1.Warnings{"partial response: querier timed out on 2 of 5 blocks"}
+		}
+		return nil
+	}
+	_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), nil)
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || !strings.Contains(rb.Reason, "3 consecutive errors") || !strings.Contains(rb.Reason, "partial response: querier timed out") {
+		t.Fatalf("want a rollback naming the warning, got %v", err)
+	}
+	if e.phase() != state.RolledBack {
+		t.Fatalf("phase %s", e.phase())
+	}
+}
+
 type execFunc func() (string, int)
 
 func (f execFunc) Exec(context.Context, string, string, string, []string) (string, int, error) {
@@ -379,14 +418,51 @@ func TestPreflightRefusals(t *testing.T) {
 		{"plaintext since the plan", nil, func(e *env) {
 			e.prom = func(q string, ts time.Time) (model.Value, error) {
 				if strings.Contains(q, "istio_requests_total") && strings.Contains(q, "connection_security_policy") {
-					if !strings.Contains(q, "[2h0m0s]") && !strings.Contains(q, "[1h]") {
+					if !strings.Contains(q, "[2h]") { // back to the plan, made 2h ago
 						return nil, fmt.Errorf("unexpected range in %s", q)
+					}
+					if strings.Contains(q, "unless") {
+						return model.Vector{}, nil // no new series
 					}
 					return model.Vector{&model.Sample{Metric: model.Metric{"source_workload": "nightly", "source_workload_namespace": "batch"}, Value: 3}}, nil
 				}
 				return healthyProm(q, ts)
 			}
-		}, nil, "batch/nightly (3 plaintext requests)"},
+		}, nil, `plaintext traffic into "cart" in the last 2h (since the plan or the tool's last probes there): batch/nightly (3 plaintext requests);`},
+		{"new plaintext series since the plan", nil, func(e *env) {
+			// The nightly client's first scrape already holds its 40
+			// requests: increase sees nothing, the new series does.
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") && strings.Contains(q, "istio_requests_total") && strings.Contains(q, "unless") {
+					return model.Vector{&model.Sample{Metric: model.Metric{"source_workload": "nightly", "source_workload_namespace": "batch"}, Value: 40}}, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, `plaintext traffic into "cart" in the last 2h (since the plan or the tool's last probes there): batch/nightly (40 plaintext requests in series that began since)`},
+		{"partial answer to the plaintext query", nil, func(e *env) {
+			e.warn = func(q string, _ time.Time) v1.Warnings {
+				if strings.Contains(q, "connection_security_policy") {
+					return v1.Warnings{"partial response: store eu-1 unavailable"}
+				}
+				return nil
+			}
+		}, nil, `Prometheus's answer to the query for plaintext requests into "cart" cannot be judged by: it answered with warnings, so the answer may be partial: partial response: store eu-1 unavailable; check --prometheus-url and the tenant`},
+		{"matrix answer to the plaintext query", nil, func(e *env) {
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					return model.Matrix{}, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, "it answered with a matrix, not an instant vector; check --prometheus-url"},
+		{"no value answering the plaintext query", nil, func(e *env) {
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					return nil, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, "it answered with no value"},
 		{"probe cannot reach its target", nil, nil, func(o *Options) {}, "probe plaintext cannot reach its target now"},
 		{"stage already in progress", nil, func(e *env) {
 			_ = e.store.Update(context.Background(), func(s *state.State) error {
@@ -419,6 +495,140 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 			if after := e.policy(); after.ResourceVersion != before.ResourceVersion {
 				t.Fatal("refused stage changed the policy")
+			}
+		})
+	}
+}
+
+// TestPlaintextLookBack: pre-flight looks for plaintext back to the plan
+// (at most one plan window), starting after the tool's own last probes, and
+// for plaintext series that began in that time (except in the scrape grace
+// right after our probes, where they may be ours).
+func TestPlaintextLookBack(t *testing.T) {
+	tests := []struct {
+		name      string
+		generated time.Time
+		probedAt  time.Time // zero: never probed
+		want      []string  // the plaintext queries' ranges and offsets, per metric
+	}{
+		{"back to the plan", t0.Add(-2 * time.Hour), time.Time{}, []string{"[2h]))", "[2h]) > 0) unless", "offset 2h)"}},
+		{"a night-old plan", t0.Add(-14 * time.Hour), time.Time{}, []string{"[14h]))", "[14h]) > 0) unless", "offset 14h)"}},
+		{"at most one window back", t0.Add(-10 * 24 * time.Hour), time.Time{}, []string{"[1w]))", "[1w]) > 0) unless", "offset 1w)"}},
+		{"after our own probes, new series after the scrape grace", t0.Add(-2 * time.Hour), t0.Add(-30 * time.Minute), []string{"[29m59s]))", "[29m59s]) > 0) unless", "offset 28m)"}},
+		{"probes within the scrape grace: increase only", t0.Add(-2 * time.Hour), t0.Add(-time.Minute), []string{"[59s]))"}},
+		{"a plan from the future: an hour back", t0.Add(time.Hour), time.Time{}, []string{"[1h]))", "[1h]) > 0) unless", "offset 1h)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			if !tt.probedAt.IsZero() {
+				_ = e.store.Update(context.Background(), func(s *state.State) error {
+					s.ProbedAt = map[string]time.Time{"cart": tt.probedAt}
+					return nil
+				})
+			}
+			got := map[string][]string{}
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					metric := "requests"
+					if strings.Contains(q, "istio_tcp_connections_opened_total") {
+						metric = "connections"
+					}
+					got[metric] = append(got[metric], q)
+				}
+				return healthyProm(q, ts)
+			}
+			p := testPlan(true, policyDigest(existingPolicy()))
+			p.Metadata.GeneratedAt = tt.generated
+			if _, err, _ := e.run(p, func(_ *Deps, o *Options) { o.DryRun = true }); err != nil {
+				t.Fatal(err)
+			}
+			for _, metric := range []string{"requests", "connections"} {
+				qs, n := got[metric], 2 // increase and new series
+				if len(tt.want) == 1 {
+					n = 1
+				}
+				if len(qs) != n {
+					t.Fatalf("%s: %d queries, want %d: %v", metric, len(qs), n, qs)
+				}
+				all := strings.Join(qs, "\n")
+				for _, w := range tt.want {
+					if !strings.Contains(all, w) {
+						t.Errorf("%s queries lack %q:\n%s", metric, w, all)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestTelemetryCheckedWhenThePlanSawTraffic: when the plan's evidence says
+// the namespace had traffic, a Prometheus with none of its Istio series
+// now (wrong tenant, relabelled, fresh) refuses the stage before any
+// change, as does a stage none of whose gates can judge its baseline; not
+// even --force runs a blind stage.
+func TestTelemetryCheckedWhenThePlanSawTraffic(t *testing.T) {
+	traffic := plans.Evidence{HasTelemetry: true, MTLSRequestRate: 5, PlaintextRequestRate: 0}
+	tcp := plans.Evidence{HasTelemetry: true, MTLSConnectionRate: 2}
+	empty := func(string, time.Time) (model.Value, error) { return model.Vector{}, nil }
+	emptyWhere := func(sub string) func(string, time.Time) (model.Value, error) {
+		return func(q string, ts time.Time) (model.Value, error) {
+			if strings.Contains(q, sub) {
+				return model.Vector{}, nil
+			}
+			return healthyProm(q, ts)
+		}
+	}
+	tests := []struct {
+		name    string
+		ev      plans.Evidence
+		mesh    bool
+		prom    func(string, time.Time) (model.Value, error)
+		warn    func(string, time.Time) v1.Warnings
+		force   bool
+		refused string // "" when the stage must be done
+	}{
+		{"empty Prometheus", traffic, false, empty, nil, false,
+			`the plan saw traffic into namespace "cart" (5 requests/s, 0 connections/s), but Prometheus has no Istio series for it now (empty: count(istio_requests_total{reporter="destination",destination_workload_namespace="cart"})), so no check could see anything: check that --prometheus-url is the Prometheus the plan used (the plan read http://prom.example:9090), the tenant (--prometheus-header X-Scope-OrgID=...)`},
+		{"empty Prometheus, forced", traffic, false, empty, nil, true, "has no Istio series for it now"},
+		{"TCP series missing", tcp, false, emptyWhere("count(istio_tcp_connections_opened_total"), nil, false,
+			`empty: count(istio_tcp_connections_opened_total{reporter="destination",destination_workload_namespace="cart"})`},
+		{"mesh-wide stage with no series in the mesh", traffic, true, empty, nil, false,
+			`the plan saw traffic into the mesh (5 requests/s, 0 connections/s), but Prometheus has no Istio series for it now (empty: count(istio_requests_total{reporter="destination"}))`},
+		{"partial answer to the series count", traffic, false, healthyProm, func(q string, _ time.Time) v1.Warnings {
+			if strings.HasPrefix(q, "count(") {
+				return v1.Warnings{"partial response"}
+			}
+			return nil
+		}, false, `Prometheus's answer to the query for the Istio series of namespace "cart" cannot be judged by: it answered with warnings`},
+		{"series there but every gate blind at baseline", traffic, false, emptyWhere("success"), nil, false,
+			`baseline: no gate of stage 1 can judge namespace "cart" before the change although the plan saw traffic there (success-rate: no baseline: the gate's query had no data before the change`},
+		{"series there and a gate that judges", traffic, false, healthyProm, nil, false, ""},
+		{"the plan saw no traffic: nothing to lose, not checked", plans.Evidence{HasTelemetry: false}, false, empty, nil, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.prom, e.warn = tt.prom, tt.warn
+			p := testPlan(true, policyDigest(existingPolicy()))
+			p.Metadata.PrometheusURL = "http://prom.example:9090"
+			p.Stages[0].Evidence = tt.ev
+			if tt.mesh {
+				p.Stages[0].Scope = plans.ScopeMesh
+			}
+			before := e.policy()
+			res, err, w := e.run(p, func(_ *Deps, o *Options) { o.Force, o.Reason = tt.force, "test" })
+			if tt.refused == "" {
+				if err != nil || res.Outcome != OutcomeDone {
+					t.Fatalf("want done, got %v (%+v)", err, res)
+				}
+				return
+			}
+			if !IsRefused(err) || !strings.Contains(err.Error(), tt.refused) {
+				t.Fatalf("want refusal %q, got %v", tt.refused, err)
+			}
+			if len(w.dry) != 0 || e.policy().ResourceVersion != before.ResourceVersion || e.phase() != "" {
+				t.Fatalf("refused stage changed something: applies %v, phase %q", w.dry, e.phase())
 			}
 		})
 	}

@@ -2,8 +2,10 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +68,9 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 	if err := r.checkPlaintext(ctx, st); err != nil {
+		return err
+	}
+	if err := r.checkTelemetry(ctx); err != nil {
 		return err
 	}
 	r.noteOwnership()
@@ -190,45 +195,62 @@ func (r *run) checkTarget() error {
 	return nil
 }
 
-// checkPlaintext re-queries Prometheus for plaintext into the namespace
-// since the plan was made (at most the last hour), and since the tool's own
-// last probes there.
+// probeScrapeGrace is how long after the tool's own probes a series they
+// created may wait for its first scrape (a generous scrape interval). A
+// plaintext series first seen within it cannot be told from one of our
+// probes', so it is counted from its second scrape on only (by increase).
+const probeScrapeGrace = 2 * time.Minute
+
+// checkPlaintext re-queries Prometheus for plaintext into the namespace (the
+// whole mesh for the mesh-wide stage) since the plan was made, at most one
+// plan window back, and since the tool's own last probes there. Two
+// queries per metric: the increase of every plaintext series, and the
+// count of plaintext series new in that time (a client whose first scrape
+// already holds its requests has no increase to see).
 func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 	now := r.d.Clock.Now()
 	since := r.o.Plan.Metadata.GeneratedAt
+	if w := r.o.Plan.Metadata.Window.Std(); w > 0 && now.Sub(since) > w {
+		since = now.Add(-w)
+	}
+	absentAt := since // a series existing then is old, seen by increase
 	if t, ok := st.ProbedAt[r.stage.Namespace]; ok && t.After(since) {
 		since = t.Add(time.Second)
+		absentAt = t.Add(probeScrapeGrace)
 	}
 	rng := now.Sub(since)
-	if rng > time.Hour || rng <= 0 {
+	if rng <= 0 {
+		// The plan or our last probes lie in the future (a skewed clock):
+		// look back an hour rather than not at all. Stricter, never laxer.
 		rng = time.Hour
+		absentAt = now.Add(-rng)
 	}
-	if rng < time.Second {
-		rng = time.Second
-	}
+	rng = max(rng.Round(time.Second), time.Second)
 	ns := ""
 	if r.stage.Scope != plans.ScopeMesh {
 		ns = r.stage.Namespace
 	}
 	sel := istiometrics.DestinationPlaintext(ns)
 	by := istiometrics.Grouping(istiometrics.LabelSourceWorkload, istiometrics.LabelSourceWorkloadNamespace)
-	window := model.Duration(rng.Round(time.Second)).String()
-	queries := map[string]string{
-		"requests":    fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.RequestsTotal, sel, window),
-		"connections": fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.TCPConnectionsOpened, sel, window),
+	window := model.Duration(rng).String()
+	type check struct{ what, query, unit string }
+	var checks []check
+	for _, m := range []struct{ metric, what string }{{istiometrics.RequestsTotal, "requests"}, {istiometrics.TCPConnectionsOpened, "connections"}} {
+		checks = append(checks, check{m.what, istiometrics.IncreaseBy(m.metric, sel, by, window), "plaintext " + m.what})
+		if absent := now.Sub(absentAt).Round(time.Second); absent > 0 {
+			checks = append(checks, check{m.what, istiometrics.NewSeriesBy(m.metric, sel, by, window, model.Duration(absent).String()),
+				"plaintext " + m.what + " in series that began since"})
+		}
 	}
 	var found []string
-	for _, what := range []string{"requests", "connections"} {
-		// TODO(fail-closed): warnings (a partial answer) are ignored for
-		// now, so a partial answer can hide plaintext.
-		v, _, _, err := istiometrics.Instant(ctx, r.d.Prom, queries[what], now, r.d.PromTimeout)
+	for _, c := range checks {
+		vec, err := r.promVector(ctx, c.query, now, "plaintext "+c.what+" into "+strconv.Quote(r.stage.Namespace))
 		if err != nil {
-			return fmt.Errorf("pre-flight: query Prometheus for plaintext %s into %q: %w; it must answer before a stage is applied (check --prometheus-url)", what, r.stage.Namespace, err)
+			return err
 		}
-		vec, _ := v.(model.Vector)
 		for _, s := range vec {
 			if s.Value > 0 {
-				found = append(found, fmt.Sprintf("%s/%s (%.0f plaintext %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), what))
+				found = append(found, fmt.Sprintf("%s/%s (%.0f %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), c.unit))
 			}
 		}
 	}
@@ -236,12 +258,74 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 		return nil
 	}
 	sort.Strings(found)
-	msg := fmt.Sprintf("plaintext traffic into %q in the last %s (since the plan): %s", r.stage.Namespace, window, strings.Join(found, ", "))
+	msg := fmt.Sprintf("plaintext traffic into %q in the last %s (since the plan or the tool's last probes there): %s", r.stage.Namespace, window, strings.Join(found, ", "))
 	if r.o.Force {
 		r.note("forced despite " + msg)
 		return nil
 	}
 	return refusef("%s; STRICT would cut these clients off: re-run plan, or pass --force --reason \"...\"", msg)
+}
+
+// checkTelemetry refuses when the plan saw traffic into the namespace (the
+// whole mesh for the mesh-wide stage) and Prometheus has none of its Istio
+// series now: a wrong tenant, metrics relabelled away, a fresh Prometheus
+// or a partial Thanos answer all look like that, and against them the
+// plaintext check finds nothing, every baseline is empty and every gate
+// stays Inconclusive, so the stage would pass unverified. Series, not
+// traffic: a namespace quiet right now still has its counters. Not
+// overridden by --force: no reason makes a blind check see.
+func (r *run) checkTelemetry(ctx context.Context) error {
+	ev := r.stage.Evidence
+	ns, where := r.stage.Namespace, fmt.Sprintf("namespace %q", r.stage.Namespace)
+	if r.stage.Scope == plans.ScopeMesh {
+		ns, where = "", "the mesh"
+	}
+	var metrics []string
+	if ev.MTLSRequestRate > 0 || ev.PlaintextRequestRate > 0 {
+		metrics = append(metrics, istiometrics.RequestsTotal)
+	}
+	if ev.MTLSConnectionRate > 0 || ev.PlaintextConnectionRate > 0 {
+		metrics = append(metrics, istiometrics.TCPConnectionsOpened)
+	}
+	now := r.d.Clock.Now()
+	var missing []string
+	for _, m := range metrics {
+		q := istiometrics.SeriesCount(m, istiometrics.Destination(ns))
+		vec, err := r.promVector(ctx, q, now, "the Istio series of "+where)
+		if err != nil {
+			return err
+		}
+		if len(vec) == 0 || !(vec[0].Value > 0) {
+			missing = append(missing, q)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	planProm := ""
+	if u := r.o.Plan.Metadata.PrometheusURL; u != "" {
+		planProm = fmt.Sprintf(" (the plan read %s)", u)
+	}
+	return refusef("pre-flight: the plan saw traffic into %s (%.4g requests/s, %.4g connections/s), but Prometheus has no Istio series for it now (empty: %s), so no check could see anything: "+
+		"check that --prometheus-url is the Prometheus the plan used%s, the tenant (--prometheus-header X-Scope-OrgID=...), relabelling that renames or drops Istio's metrics or their %s/%s labels, and retention; if %s really has no traffic any more, re-run plan",
+		where, ev.MTLSRequestRate+ev.PlaintextRequestRate, ev.MTLSConnectionRate+ev.PlaintextConnectionRate, strings.Join(missing, ", "), planProm,
+		istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, where)
+}
+
+// promVector runs one of pre-flight's instant queries. A query error is an
+// error; an answer that cannot be judged by (warnings: a partial answer; a
+// result that is not a vector) refuses the stage, since reading it as
+// "nothing found" could hide what the check looks for.
+func (r *run) promVector(ctx context.Context, query string, now time.Time, what string) (model.Vector, error) {
+	vec, err := istiometrics.InstantVector(ctx, r.d.Prom, query, now, r.d.PromTimeout)
+	var ue *istiometrics.UnusableAnswerError
+	switch {
+	case errors.As(err, &ue):
+		return nil, refusef("pre-flight: Prometheus's answer to the query for %s cannot be judged by: it %s; check --prometheus-url and the tenant (--prometheus-header X-Scope-OrgID=...), or retry when every store answers (query: %s)", what, ue, query)
+	case err != nil:
+		return nil, fmt.Errorf("pre-flight: query Prometheus for %s: %w; it must answer before a stage is applied (check --prometheus-url)", what, err)
+	}
+	return vec, nil
 }
 
 // precheckProbes makes every probe once before the change. A probe that

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -251,12 +252,46 @@ func (r *run) baseline(ctx context.Context) error {
 		r.res.Baseline = append(r.res.Baseline, gv)
 		r.d.Progress.Step("baseline", "gate baseline", "gate", g.Name, "value", b.Value, "samples", b.Samples)
 	}
+	if err := r.checkNotBlind(); err != nil {
+		return err
+	}
 	pods, err := health.NewPodCheck(ctx, r.d.Kube, r.stage.Namespace)
 	if err != nil {
 		return fmt.Errorf("baseline: %w; nothing was changed", err)
 	}
 	r.pods = pods
 	return nil
+}
+
+// checkNotBlind refuses a stage none of whose gates could judge its own
+// baseline (each would be Inconclusive or an error: no samples, no value)
+// while the plan saw traffic: a soak would judge nothing and end "done".
+// Pre-flight's checkTelemetry already refuses when the Istio series are
+// missing; this catches the series being there with nothing in the gates'
+// window (traffic stopped since the plan, or the gates' own queries match
+// nothing). A gate that can judge without traffic (an absolute gate on the
+// application's own errors, `or vector(0)`) keeps the stage going.
+func (r *run) checkNotBlind() error {
+	ev := r.stage.Evidence
+	if len(r.gates) == 0 || ev.MTLSRequestRate+ev.PlaintextRequestRate+ev.MTLSConnectionRate+ev.PlaintextConnectionRate <= 0 {
+		return nil
+	}
+	why := make([]string, 0, len(r.gates))
+	for _, g := range r.gates {
+		b := g.Baseline
+		res := health.Evaluate(g.Gate, b, health.Measurement{Value: b.Value, Samples: b.Samples})
+		if res.Verdict == health.Successful || res.Verdict == health.Failed {
+			return nil
+		}
+		why = append(why, fmt.Sprintf("%s: %s", g.Gate.Name, res.Message))
+	}
+	where := fmt.Sprintf("namespace %q", r.stage.Namespace)
+	if r.stage.Scope == plans.ScopeMesh {
+		where = "the mesh"
+	}
+	return refusef("baseline: no gate of stage %d can judge %s before the change although the plan saw traffic there (%s); a soak would verify nothing, so nothing was changed: "+
+		"apply when there is traffic again, add a gate that can judge without it (e.g. the application's own error rate), or re-run plan if the traffic is gone for good",
+		r.stage.Number, where, strings.Join(why, "; "))
 }
 
 // snapshot re-reads the namespace's policies right before the change,
