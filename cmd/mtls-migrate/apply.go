@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
+	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/internal/window"
@@ -44,6 +46,7 @@ type applyOptions struct {
 	AllowedWindow        string
 	Replan               bool
 	LockTTL              time.Duration
+	PlanDigest           string
 	// now is the clock of the window and the state's records; tests fix it.
 	now func() time.Time
 	// runID is the lock's identity once taken: the stage owner in the state.
@@ -77,6 +80,7 @@ the snapshot by itself and exits 3.`,
 	cmd.Flags().BoolVar(&o.Next, "next", false, "finish a stage a dead run left mid-way, or else apply the next pending stage; exit 0 when all are done")
 	cmd.Flags().StringVar(&o.AllowedWindow, "allowed-window", "", `with --next: start a stage only inside "DAYS HH:MM-HH:MM [ZONE]", e.g. "Mon-Fri 09:00-16:00 Europe/Berlin"; outside it exit 0 doing nothing`)
 	cmd.Flags().BoolVar(&o.Replan, "replan", false, "with --next: continue with a plan whose digest differs from the one in progress (says which stages changed)")
+	cmd.Flags().StringVar(&o.PlanDigest, "plan-digest", "", "refuse to run unless the plan's digest is this one (sha256:...): pins the reviewed plan, so a changed ConfigMap cannot make the Job run another")
 	cmd.Flags().DurationVar(&o.LockTTL, "lock-ttl", 2*time.Minute, "how long the run's lock (Lease mtls-migrate-lock) stays valid without renewal; renewed every third of it; a dead run's lock is taken over after it")
 	cmd.Flags().StringVar(&o.DryRun, "dry-run", "none", `"server" sends the change through the API server's validation without persisting it; "none" applies`)
 	cmd.Flags().DurationVar(&o.Soak, "soak", 0, "override the stage's soak time")
@@ -129,6 +133,9 @@ func (o *applyOptions) Validate() error {
 	if o.LockTTL < 3*time.Second {
 		return cli.Usagef("--lock-ttl must be at least 3s")
 	}
+	if o.PlanDigest != "" && !planDigestRE.MatchString(o.PlanDigest) {
+		return cli.Usagef("--plan-digest must be sha256: and 64 hex digits, as `mtls-migrate status --plan FILE -o json` shows it")
+	}
 	if o.StateNamespace == "" {
 		return cli.Usagef("--state-namespace must not be empty")
 	}
@@ -141,6 +148,16 @@ func (o *applyOptions) Validate() error {
 	return cli.ValidateOutput(o.Output)
 }
 
+var planDigestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// checkPinned refuses a plan whose digest is not the one --plan-digest pins.
+func (o *applyOptions) checkPinned(loaded *plansource.Loaded) error {
+	if o.PlanDigest == "" || loaded.Digest == o.PlanDigest {
+		return nil
+	}
+	return cli.Usagef("plan %s has digest %s, not %s as --plan-digest pins: it is not the reviewed plan; nothing was done", loaded.Source, loaded.Digest, o.PlanDigest)
+}
+
 // Run applies the stage (--stage) or the next one (--next).
 func (o *applyOptions) Run(cmd *cobra.Command) error {
 	ctx := cmd.Context()
@@ -149,6 +166,9 @@ func (o *applyOptions) Run(cmd *cobra.Command) error {
 	}
 	loaded, clients, err := o.f.loadPlan(ctx, o.PlanPath)
 	if err != nil {
+		return err
+	}
+	if err := o.checkPinned(loaded); err != nil {
 		return err
 	}
 	stage, err := loaded.Plan.Stage(o.Stage)

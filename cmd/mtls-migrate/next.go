@@ -92,6 +92,9 @@ func (o *applyOptions) runNext(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := o.checkPinned(loaded); err != nil {
+		return err
+	}
 	if clients == nil {
 		if clients, err = o.f.kubeClients(); err != nil {
 			return err
