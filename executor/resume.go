@@ -152,7 +152,7 @@ func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1
 }
 
 // alsoLive reports whether every other namespace-wide policy the stage
-// writes has the stage's mode and is the object the snapshot holds.
+// writes has the stage's mode (and, where the apply recorded one, its UID).
 func (r *run) alsoLive(ctx context.Context, ss *state.StageState) (bool, error) {
 	for _, t := range ss.AlsoTargets {
 		pa, err := peerauth.Get(ctx, r.d.Istio, ss.Namespace, t.Name)
