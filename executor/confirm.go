@@ -31,7 +31,16 @@ func (r *run) stillTrue(ctx context.Context) error {
 	if r.applied == nil {
 		return &NotVerifiedError{Reason: "the run does not know what it applied"}
 	}
-	ns, name := r.applied.Namespace, r.applied.Name
+	for _, applied := range append([]*securityv1.PeerAuthentication{r.applied}, r.alsoApplied...) {
+		if err := r.stillAsApplied(ctx, applied); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *run) stillAsApplied(ctx context.Context, applied *securityv1.PeerAuthentication) error {
+	ns, name := applied.Namespace, applied.Name
 	live, err := peerauth.Get(ctx, r.d.Istio, ns, name)
 	if apierrors.IsNotFound(err) {
 		return &NotVerifiedError{Reason: fmt.Sprintf("PeerAuthentication %s/%s was deleted during the soak; its namespace is no longer at %s by this stage; left as it is: find out who deleted it (the audit log) before applying the stage again", ns, name, r.stage.TargetMode)}
@@ -40,12 +49,12 @@ func (r *run) stillTrue(ctx context.Context) error {
 		return fmt.Errorf("re-read PeerAuthentication %s/%s before recording done: %w", ns, name, err)
 	}
 	switch {
-	case live.UID != r.applied.UID:
-		return &NotVerifiedError{Reason: fmt.Sprintf("PeerAuthentication %s/%s was deleted and created again during the soak (UID %s, the stage applied %s)%s; left as it is", ns, name, live.UID, r.applied.UID, changedBy(live, r.appliedAt))}
-	case live.ResourceVersion != r.applied.ResourceVersion:
+	case live.UID != applied.UID:
+		return &NotVerifiedError{Reason: fmt.Sprintf("PeerAuthentication %s/%s was deleted and created again during the soak (UID %s, the stage applied %s)%s; left as it is", ns, name, live.UID, applied.UID, changedBy(live, r.appliedAt))}
+	case live.ResourceVersion != applied.ResourceVersion:
 		what := "its metadata changed"
-		if !proto.Equal(&live.Spec, &r.applied.Spec) {
-			what = fmt.Sprintf("its spec changed (mode %s, the stage applied %s)", live.Spec.GetMtls().GetMode(), r.applied.Spec.GetMtls().GetMode())
+		if !proto.Equal(&live.Spec, &applied.Spec) {
+			what = fmt.Sprintf("its spec changed (mode %s, the stage applied %s)", live.Spec.GetMtls().GetMode(), applied.Spec.GetMtls().GetMode())
 		}
 		return &NotVerifiedError{Reason: fmt.Sprintf("PeerAuthentication %s/%s was changed during the soak: %s%s; their change is left alone: if a GitOps controller manages it, make the change in the repository it syncs from, then run the stage again", ns, name, what, changedBy(live, r.appliedAt))}
 	}

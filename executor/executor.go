@@ -95,12 +95,15 @@ type Result struct {
 	Forced    string  `json:"forced,omitempty"`
 	// Applied is the PeerAuthentication as the API server returned it after
 	// the (dry-run) apply.
-	Applied  *securityv1.PeerAuthentication `json:"applied,omitempty"`
-	Baseline []state.GateValue              `json:"baseline,omitempty"`
-	Probes   []state.ProbeResult            `json:"probes,omitempty"`
-	Gates    []state.GateValue              `json:"gates,omitempty"`
-	Rollback []rollback.StageReport         `json:"rollback,omitempty"`
-	Notes    []string                       `json:"notes,omitempty"`
+	Applied *securityv1.PeerAuthentication `json:"applied,omitempty"`
+	// AlsoApplied are the other namespace-wide policies the stage wrote
+	// (the plan's policy.alsoUpdates), as the API server returned them.
+	AlsoApplied []*securityv1.PeerAuthentication `json:"alsoApplied,omitempty"`
+	Baseline    []state.GateValue                `json:"baseline,omitempty"`
+	Probes      []state.ProbeResult              `json:"probes,omitempty"`
+	Gates       []state.GateValue                `json:"gates,omitempty"`
+	Rollback    []rollback.StageReport           `json:"rollback,omitempty"`
+	Notes       []string                         `json:"notes,omitempty"`
 }
 
 // RefusedError says pre-flight refused the stage; nothing was touched.

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/proto"
 	apisecurity "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
@@ -28,6 +30,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -86,6 +89,7 @@ func (w *fakeWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 	}
 	pas := w.e.istio.SecurityV1().PeerAuthentications(*cfg.Namespace)
 	live, err := pas.Get(ctx, *cfg.Name, metav1.GetOptions{})
+	exists := err == nil
 	if apierrors.IsNotFound(err) {
 		live = &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: *cfg.Name, Namespace: *cfg.Namespace, UID: types.UID("uid-created")}}
 	} else if err != nil {
@@ -112,7 +116,7 @@ func (w *fakeWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 	if dryRun {
 		return live, nil
 	}
-	if live.ResourceVersion == "" {
+	if !exists {
 		return pas.Create(ctx, live, metav1.CreateOptions{})
 	}
 	return pas.Update(ctx, live, metav1.UpdateOptions{})
@@ -715,5 +719,67 @@ func TestProbesRetryOnTheRunsClock(t *testing.T) {
 	}
 	if given.Clock != nil {
 		t.Error("Run changed the caller's Prober")
+	}
+}
+
+// teamPolicy is a second namespace-wide policy in cart, younger than
+// existingPolicy: Istio ignores it today.
+func teamPolicy() *securityv1.PeerAuthentication {
+	pa := existingPolicy()
+	pa.Name, pa.UID, pa.CreationTimestamp = "team", "uid-team", metav1.NewTime(t0.Add(-time.Hour))
+	pa.Labels, pa.Annotations = map[string]string{"owner": "team"}, nil
+	return pa
+}
+
+func TestStageWritesEveryNamespaceWidePolicyAndRollsThemAllBack(t *testing.T) {
+	e := newEnv(t, true)
+	if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), teamPolicy(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := testPlan(true, policyDigest(existingPolicy(), teamPolicy()))
+	p.Stages[0].Policy.AlsoUpdates = []string{"team"}
+	res, err, _ := e.run(p, nil)
+	if err != nil || res.Outcome != OutcomeDone {
+		t.Fatalf("outcome %s: %v", res.Outcome, err)
+	}
+	for _, name := range []string{"default", "team"} {
+		pa, _ := e.istio.SecurityV1().PeerAuthentications("cart").Get(context.Background(), name, metav1.GetOptions{})
+		if pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_STRICT || pa.Annotations[peerauth.StageAnnotation] != "p/1" {
+			t.Errorf("%s after the stage: %v %v, want STRICT with the stage annotation", name, pa.Spec.GetMtls().GetMode(), pa.Annotations)
+		}
+	}
+	if len(res.AlsoApplied) != 1 || res.AlsoApplied[0].Name != "team" {
+		t.Errorf("AlsoApplied = %v", res.AlsoApplied)
+	}
+	s, _ := e.store.Load(context.Background())
+	ss := s.Plan("sha256:p").Stage(1)
+	if len(ss.AlsoTargets) != 1 || ss.AlsoTargets[0].Name != "team" || ss.AlsoTargets[0].UID != "uid-team" || ss.AlsoTargets[0].Created {
+		t.Fatalf("state's other targets = %+v", ss.AlsoTargets)
+	}
+	rb := &rollback.Runner{Istio: e.istio, Store: e.store, Now: e.clock.Now}
+	if _, err := rb.Stages(context.Background(), "sha256:p", []int{1}, "test", rollback.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []*securityv1.PeerAuthentication{existingPolicy(), teamPolicy()} {
+		got, _ := e.istio.SecurityV1().PeerAuthentications("cart").Get(context.Background(), want.Name, metav1.GetOptions{})
+		if !proto.Equal(&got.Spec, &want.Spec) || !maps.Equal(got.Labels, want.Labels) || len(got.Annotations) != len(want.Annotations) || got.UID != want.UID {
+			t.Errorf("%s after the rollback: %+v", want.Name, got)
+		}
+	}
+}
+
+func TestPreflightRefusesWhenTheTargetNoLongerMatchesThePlan(t *testing.T) {
+	e := newEnv(t, true)
+	// The plan was made when default was the only namespace-wide policy
+	// (no digest to catch the change): team appeared since.
+	if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), teamPolicy(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err, w := e.run(testPlan(true, ""), nil)
+	if !IsRefused(err) || !strings.Contains(err.Error(), "the plan would update default in place") || !strings.Contains(err.Error(), "the other namespace-wide ones, team") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(w.dry) != 0 {
+		t.Fatal("refused stage reached the apply")
 	}
 }

@@ -164,33 +164,32 @@ func describeChanges(live []*securityv1.PeerAuthentication, since time.Time) str
 	return strings.Join(parts, "; ")
 }
 
-// checkTarget verifies the plan's view of the target policy still holds.
-// Istio keeps the oldest of two namespace-wide policies (no selector), so a
-// new one next to an existing one would be ignored: the stage must patch
-// that one in place (https://istio.io/latest/docs/reference/config/security/peer_authentication/).
+// checkTarget decides again, on the live objects, what the stage writes
+// (peerauth.TargetOf: the same decision the planner recorded in the
+// stage's policy) and refuses only when it differs from the plan's. So a
+// stage the plan offers is accepted on the cluster the plan was made for:
+// with several namespace-wide policies the plan writes every one of them
+// (Istio uses the oldest, https://istio.io/latest/docs/reference/config/security/peer_authentication/),
+// and it never writes into a workload policy that holds the name it would
+// otherwise create.
 func (r *run) checkTarget() error {
 	pol := r.stage.Policy
-	var wide []string
+	want := peerauth.RecordedTarget(pol)
+	live := peerauth.TargetOf(r.stage.Namespace, r.live)
+	if d := want.Diff(live); d != "" {
+		return refusef("%s; re-run plan", d)
+	}
+	byName := map[string]*securityv1.PeerAuthentication{}
 	for _, pa := range r.live {
-		if pa.Name == pol.Metadata.Name {
-			r.target = pa
-		}
-		if pa.Spec.GetSelector() == nil {
-			wide = append(wide, pa.Name)
-		}
+		byName[pa.Name] = pa
 	}
-	switch {
-	case pol.UpdatesExisting && r.target == nil:
-		return refusef("the plan patches PeerAuthentication %s/%s, which no longer exists; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
-	case !pol.UpdatesExisting && r.target != nil:
-		return refusef("the plan creates PeerAuthentication %s/%s, which now exists; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
-	case r.target != nil && r.target.Spec.GetSelector() != nil:
-		return refusef("PeerAuthentication %s/%s has a workload selector; the stage needs the namespace-wide policy; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
+	r.target = nil
+	if !want.Create {
+		r.target = byName[want.Name]
 	}
-	for _, name := range wide {
-		if name != pol.Metadata.Name {
-			return refusef("namespace %q already has the namespace-wide PeerAuthentication %q; a second one would be ignored by Istio (the oldest wins); re-run plan", r.stage.Namespace, name)
-		}
+	r.also = nil
+	for _, name := range want.AlsoUpdates {
+		r.also = append(r.also, byName[name])
 	}
 	return nil
 }

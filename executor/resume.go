@@ -71,6 +71,10 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	if err != nil {
 		return r.res, r.fail(ctx, "could not read the target PeerAuthentication: "+err.Error(), err)
 	}
+	alsoLive, err := r.alsoLive(ctx, ss)
+	if err != nil {
+		return r.res, r.fail(ctx, "could not read the other namespace-wide PeerAuthentications the stage writes: "+err.Error(), err)
+	}
 	if live == nil || string(live.Spec.GetMtls().GetMode().String()) != ss.Target.Mode {
 		// The change is not live: either the apply never happened, or
 		// someone put it back. Restoring the snapshot undoes nothing that
@@ -85,6 +89,14 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		}
 		r.res.Outcome = OutcomePending
 		return r.res, nil
+	}
+
+	if !alsoLive {
+		// The policy Istio uses changed but not every other namespace-wide
+		// one did: finishing the write would need the plan's view of
+		// objects a dead run was writing; undoing it needs only the
+		// snapshot.
+		return r.res, r.fail(ctx, "the previous run died before it had written every namespace-wide policy of the stage", nil)
 	}
 
 	// The change is live: verify it as a fresh run would, against the
@@ -142,6 +154,24 @@ func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1
 		return nil, nil
 	}
 	return pa, nil
+}
+
+// alsoLive reports whether every other namespace-wide policy the stage
+// writes has the stage's mode (and, where the apply recorded one, its UID).
+func (r *run) alsoLive(ctx context.Context, ss *state.StageState) (bool, error) {
+	for _, t := range ss.AlsoTargets {
+		pa, err := peerauth.Get(ctx, r.d.Istio, ss.Namespace, t.Name)
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if (t.UID != "" && string(pa.UID) != t.UID) || pa.Spec.GetMtls().GetMode().String() != t.Mode {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func anyChanged(reps []rollback.StageReport) bool {

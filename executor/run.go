@@ -33,15 +33,19 @@ type run struct {
 	stage *plans.Stage
 	res   *Result
 
-	live    []*securityv1.PeerAuthentication
-	target  *securityv1.PeerAuthentication // nil: the stage creates it
-	gates   []*health.PromGate             // the stage's gates with their baselines
+	live   []*securityv1.PeerAuthentication
+	target *securityv1.PeerAuthentication // nil: the stage creates it
+	// also are the other namespace-wide policies the stage writes (the
+	// plan's policy.alsoUpdates), as pre-flight read them.
+	also    []*securityv1.PeerAuthentication
+	gates   []*health.PromGate // the stage's gates with their baselines
 	pods    *health.PodCheck
 	changed bool // the apply may have reached the API server
 	// applied is the policy as the apply left it, and when: what "done"
 	// is checked against.
-	applied   *securityv1.PeerAuthentication
-	appliedAt time.Time
+	applied     *securityv1.PeerAuthentication
+	alsoApplied []*securityv1.PeerAuthentication
+	appliedAt   time.Time
 	// phase is what this run last wrote; fenced is set once a write found
 	// the stage taken over, and every later write is refused.
 	phase  state.Phase
@@ -106,7 +110,11 @@ func (r *run) execute(ctx context.Context) error {
 	}
 	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d of plan %s: applying mTLS %s", r.stage.Number, r.o.Plan.Metadata.Name, r.stage.TargetMode))
 
-	r.d.Progress.Step("apply", fmt.Sprintf("server-side apply of PeerAuthentication %s/%s mode %s", ns, r.stage.Policy.Metadata.Name, r.stage.TargetMode))
+	what := fmt.Sprintf("PeerAuthentication %s/%s", ns, r.stage.Policy.Metadata.Name)
+	if len(r.also) > 0 {
+		what = fmt.Sprintf("PeerAuthentications %s/%s and %s", ns, r.stage.Policy.Metadata.Name, strings.Join(r.stage.Policy.AlsoUpdates, ", "))
+	}
+	r.d.Progress.Step("apply", fmt.Sprintf("server-side apply of %s mode %s", what, r.stage.TargetMode))
 	if err := r.apply(ctx); err != nil {
 		if IsRefused(err) {
 			// Someone else changed the policy: nothing of ours landed.
@@ -178,6 +186,13 @@ func (r *run) dryRun(ctx context.Context) error {
 		return fmt.Errorf("dry run of PeerAuthentication %s/%s: %w", r.stage.Namespace, r.stage.Policy.Metadata.Name, err)
 	}
 	r.res.Applied = appliedObject(obj)
+	for _, pa := range r.also {
+		obj, err := r.d.Writer.Apply(ctx, r.applyConfigFor(pa.Name, pa), true)
+		if err != nil {
+			return fmt.Errorf("dry run of PeerAuthentication %s/%s: %w", r.stage.Namespace, pa.Name, err)
+		}
+		r.res.AlsoApplied = append(r.res.AlsoApplied, appliedObject(obj))
+	}
 	r.res.Outcome = OutcomeDryRun
 	return nil
 }
@@ -186,20 +201,26 @@ func (r *run) stageAnnotation() string {
 	return fmt.Sprintf("%s/%d", r.o.Plan.Metadata.Name, r.stage.Number)
 }
 
-// afterConflict decides after a 409 on the apply. If the live object is
-// exactly what the stage writes (same UID, the snapshot's spec with the
-// target mode, our annotation), the write was ours and landed. Otherwise
-// someone else changed the policy after the snapshot: the stage is put
-// back to pending and refused, their change left alone.
+// ours reports whether live is exactly what the stage writes over snap (the
+// object as pre-flight read it): same UID, the snapshot's spec with the
+// target mode, our annotation.
+func (r *run) ours(live, snap *securityv1.PeerAuthentication) bool {
+	return snap != nil && live.UID == snap.UID &&
+		proto.Equal(&live.Spec, rollback.AppliedSpec(&snap.Spec, string(r.stage.TargetMode))) &&
+		live.Annotations[peerauth.StageAnnotation] == r.stageAnnotation()
+}
+
+// afterConflict decides after a 409 on the stage's first write. If the
+// live object is exactly what the stage writes, the write was ours and
+// landed. Otherwise someone else changed the policy after the snapshot:
+// the stage is put back to pending and refused, their change left alone.
 func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.PeerAuthentication, error) {
 	name := r.stage.Policy.Metadata.Name
 	live, err := peerauth.Get(ctx, r.d.Istio, r.stage.Namespace, name)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after a conflict (%w): %w", r.stage.Namespace, name, conflict, err)
 	}
-	if err == nil && r.target != nil && live.UID == r.target.UID &&
-		proto.Equal(&live.Spec, rollback.AppliedSpec(&r.target.Spec, string(r.stage.TargetMode))) &&
-		live.Annotations[peerauth.StageAnnotation] == r.stageAnnotation() {
+	if err == nil && r.ours(live, r.target) {
 		return live, nil
 	}
 	r.changed = false
@@ -210,13 +231,21 @@ func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.Pe
 	return nil, &RefusedError{Reason: reason}
 }
 
-// applyConfig is what the stage server-side applies: on an object it
-// creates, the plan's labels plus the managed-by label; on a pre-existing
-// one only the mode and the stage annotation (its labels stay its owner's).
+// applyConfig is what the stage server-side applies to the policy Istio
+// will use (the plan's policy).
 func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
+	return r.applyConfigFor(r.stage.Policy.Metadata.Name, r.target)
+}
+
+// applyConfigFor is what the stage server-side applies to the object name
+// (snap: as pre-flight read it, nil when the stage creates it): on an
+// object it creates, the plan's labels plus the managed-by label; on a
+// pre-existing one only the mode and the stage annotation (its labels stay
+// its owner's).
+func (r *run) applyConfigFor(name string, snap *securityv1.PeerAuthentication) *applyv1.PeerAuthenticationApplyConfiguration {
 	pol := r.stage.Policy
-	cfg := applyv1.PeerAuthentication(pol.Metadata.Name, pol.Metadata.Namespace)
-	if r.target == nil {
+	cfg := applyv1.PeerAuthentication(name, pol.Metadata.Namespace)
+	if snap == nil {
 		labels := map[string]string{}
 		for k, v := range pol.Metadata.Labels {
 			labels[k] = v
@@ -227,7 +256,7 @@ func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
 		cfg.WithAnnotations(map[string]string{peerauth.StageAnnotation: r.stageAnnotation()})
 		// Optimistic concurrency: the API server refuses (409) the apply if
 		// the object is no longer the version the snapshot holds.
-		cfg.WithResourceVersion(r.target.ResourceVersion)
+		cfg.WithResourceVersion(snap.ResourceVersion)
 	}
 	cfg.Spec = &apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{
 		Mode: apisecurity.PeerAuthentication_MutualTLS_Mode(apisecurity.PeerAuthentication_MutualTLS_Mode_value[string(r.stage.TargetMode)]),
@@ -328,6 +357,9 @@ func (r *run) snapshot(ctx context.Context) error {
 		}
 		st.Snapshot = raw
 		st.Target = &state.Target{Name: r.stage.Policy.Metadata.Name, Created: r.target == nil, Mode: string(r.stage.TargetMode)}
+		for _, pa := range r.also {
+			st.AlsoTargets = append(st.AlsoTargets, state.Target{Name: pa.Name, Mode: string(r.stage.TargetMode)})
+		}
 		st.Baseline = r.res.Baseline
 		st.Owner = r.o.RunID
 		if err := st.Move(state.Applying, now, ""); err != nil {
@@ -367,10 +399,58 @@ func (r *run) apply(ctx context.Context) error {
 	if r.record != nil && r.record.Target != nil {
 		r.record.Target.UID, r.record.Target.ResourceVersion = string(obj.UID), obj.ResourceVersion
 	}
-	return r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
+	if err := r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
 		st.Target.UID = string(obj.UID)
 		st.Target.ResourceVersion = obj.ResourceVersion
+	}); err != nil {
+		return err
+	}
+	// The namespace-wide policies Istio ignores today, each against its own
+	// snapshot version. The change is live already: a conflict here is an
+	// error the caller rolls back, not a refusal.
+	for i, pa := range r.also {
+		obj, err := r.applyAlso(ctx, pa)
+		if err != nil {
+			return err
+		}
+		r.res.AlsoApplied = append(r.res.AlsoApplied, appliedObject(obj))
+		r.alsoApplied = append(r.alsoApplied, obj)
+		if r.record != nil && i < len(r.record.AlsoTargets) {
+			r.record.AlsoTargets[i].UID, r.record.AlsoTargets[i].ResourceVersion = string(obj.UID), obj.ResourceVersion
+		}
+		if err := r.setPhase(ctx, state.Applying, "", func(st *state.StageState) {
+			if i < len(st.AlsoTargets) && st.AlsoTargets[i].Name == pa.Name {
+				st.AlsoTargets[i].UID = string(obj.UID)
+				st.AlsoTargets[i].ResourceVersion = obj.ResourceVersion
+			}
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyAlso writes one of the other namespace-wide policies.
+func (r *run) applyAlso(ctx context.Context, snap *securityv1.PeerAuthentication) (*securityv1.PeerAuthentication, error) {
+	var obj *securityv1.PeerAuthentication
+	err := kuberetry.Do(ctx, func() (err error) {
+		obj, err = r.d.Writer.Apply(ctx, r.applyConfigFor(snap.Name, snap), false)
+		return err
 	})
+	if apierrors.IsConflict(err) {
+		live, gerr := peerauth.Get(ctx, r.d.Istio, r.stage.Namespace, snap.Name)
+		if gerr == nil && r.ours(live, snap) {
+			return live, nil
+		}
+		return nil, fmt.Errorf("PeerAuthentication %s/%s changed after the snapshot (someone else wrote it: %w); not overwriting their change", r.stage.Namespace, snap.Name, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if obj.UID != snap.UID {
+		return nil, fmt.Errorf("the applied object %s/%s has UID %s, not %s as snapshotted: it was recreated meanwhile", r.stage.Namespace, snap.Name, obj.UID, snap.UID)
+	}
+	return obj, nil
 }
 
 // probes checks every probe after the change; it returns why one failed.

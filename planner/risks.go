@@ -399,7 +399,7 @@ func sidecarMissing(e *env, ns string, np *nsPlan) []plans.Risk {
 // workloadPolicyOverride: a workload or port policy that keeps PERMISSIVE
 // or DISABLE after the namespace goes STRICT.
 func workloadPolicyOverride(e *env, ns string, _ *nsPlan) []plans.Risk {
-	after := e.res.WithNamespaceMode(ns, plans.ModeStrict)
+	after := e.after(ns, plans.ModeStrict)
 	var out []plans.Risk
 	for _, w := range e.workloads(ns) {
 		eff := after.Effective(mtlsModeWorkload(ns, w))
@@ -638,27 +638,37 @@ func currentModeDisable(e *env, ns string, np *nsPlan) []plans.Risk {
 
 // existingNamespacePolicy: a namespace-wide policy someone else made is
 // changed in place (Istio keeps the oldest of two, so adding one is not an
-// option); whoever owns it (GitOps) may revert the change.
+// option); whoever owns it (GitOps) may revert the change. With several
+// namespace-wide policies, the stage writes every one of them.
 func existingNamespacePolicy(e *env, ns string, _ *nsPlan) []plans.Risk {
-	var wide []string
-	for _, p := range e.res.Policies(ns) {
-		if p.NamespaceWide() {
-			wide = append(wide, p.Name)
-		}
-	}
 	cur := e.res.NamespacePolicy(ns)
-	if cur == nil || (cur.Labels[peerauth.ManagedByLabel] == peerauth.ManagedByValue && len(wide) == 1) {
+	t := e.target(ns)
+	if cur == nil || (cur.Labels[peerauth.ManagedByLabel] == peerauth.ManagedByValue && len(t.AlsoUpdates) == 0) {
 		return nil
 	}
-	msg := fmt.Sprintf("namespace-wide PeerAuthentication %s/%s (mode %s) was not made by mtls-migrate: the stage changes it in place, since a second namespace-wide policy would be ignored (Istio uses the oldest)", ns, cur.Name, cur.Mode)
+	var msg string
 	fix := "make sure its owner (GitOps, Helm) will not revert the change, or change it at the source"
-	if len(wide) > 1 {
-		msg += fmt.Sprintf("; the namespace has %d namespace-wide policies (%s) and Istio uses only the oldest", len(wide), strings.Join(wide, ", "))
-		fix = "delete all but " + cur.Name + " first (apply refuses while there are several), then re-run plan"
+	if cur.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
+		msg = fmt.Sprintf("namespace-wide PeerAuthentication %s/%s (mode %s) was not made by mtls-migrate: the stage changes it in place, since a second namespace-wide policy would be ignored (Istio uses the oldest)", ns, cur.Name, cur.Mode)
+	}
+	if note := severalNamespacePolicies(t, plans.ModeStrict); note != "" {
+		msg = strings.TrimPrefix(msg+"; "+note, "; ")
+		fix = "make sure the owners of these policies (GitOps, Helm) will not revert the change; deleting all but one afterwards is tidier, and not needed"
 	}
 	return []plans.Risk{{
 		Code: CodeExistingNamespacePolicy, Severity: plans.SeverityReview, Message: msg,
 		Object: plans.ObjectRef{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, Namespace: ns, Name: cur.Name},
 		Fix:    fix,
 	}}
+}
+
+// severalNamespacePolicies says what a stage does to a namespace with more
+// than one namespace-wide policy, "" for one or none.
+func severalNamespacePolicies(t peerauth.Target, mode plans.Mode) string {
+	if len(t.AlsoUpdates) == 0 {
+		return ""
+	}
+	n := len(t.AlsoUpdates) + 1
+	return fmt.Sprintf("namespace %s has %d namespace-wide policies; all %d are set to %s: Istio uses only the oldest, %s, and ignores %s, which the stage changes in place too so that deleting %s later cannot bring the old mode back; rollback restores each",
+		t.Namespace, n, n, mode, t.Name, strings.Join(t.AlsoUpdates, ", "), t.Name)
 }

@@ -97,9 +97,15 @@ type StageState struct {
 	// Reason says why the stage ended as it did (the failed gate or probe,
 	// the error).
 	Reason string `json:"reason,omitempty"`
-	// Target is the PeerAuthentication the stage writes; set before the
-	// change and completed (UID, resourceVersion) after it.
+	// Target is the PeerAuthentication the stage writes whose mode Istio
+	// uses; set before the change and completed (UID, resourceVersion)
+	// after it.
 	Target *Target `json:"target,omitempty"`
+	// AlsoTargets are the other pre-existing namespace-wide policies the
+	// stage writes (the plan's policy.alsoUpdates), recorded and completed
+	// as Target is. Absent in state written before it existed: those
+	// stages wrote Target only.
+	AlsoTargets []Target `json:"alsoTargets,omitempty"`
 	// Snapshot holds every PeerAuthentication of the namespace, whole, as
 	// JSON, taken before the change (managedFields dropped).
 	Snapshot []json.RawMessage `json:"snapshot,omitempty"`
@@ -124,6 +130,19 @@ type Target struct {
 	ResourceVersion string `json:"resourceVersion,omitempty"`
 	// Mode is the mTLS mode the stage wrote.
 	Mode string `json:"mode"`
+}
+
+// Targets returns every object the stage writes, Target first; nil when
+// nothing was recorded.
+func (st *StageState) Targets() []*Target {
+	if st.Target == nil {
+		return nil
+	}
+	out := []*Target{st.Target}
+	for i := range st.AlsoTargets {
+		out = append(out, &st.AlsoTargets[i])
+	}
+	return out
 }
 
 // GateValue is one gate evaluation as recorded. Numbers are pointers because
