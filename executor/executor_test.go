@@ -122,6 +122,23 @@ func (w *fakeWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 	return pas.Update(ctx, live, metav1.UpdateOptions{})
 }
 
+func (w *fakeWriter) Create(ctx context.Context, pa *securityv1.PeerAuthentication, dryRun bool) (*securityv1.PeerAuthentication, error) {
+	w.dry = append(w.dry, dryRun)
+	*w.e.log = append(*w.e.log, "apply")
+	if w.fail != nil {
+		return nil, w.fail
+	}
+	c := pa.DeepCopy()
+	c.UID = types.UID("uid-created")
+	if dryRun {
+		if _, err := w.e.istio.SecurityV1().PeerAuthentications(pa.Namespace).Get(ctx, pa.Name, metav1.GetOptions{}); err == nil {
+			return nil, apierrors.NewAlreadyExists(securityv1.Resource("peerauthentications"), pa.Name)
+		}
+		return c, nil
+	}
+	return w.e.istio.SecurityV1().PeerAuthentications(pa.Namespace).Create(ctx, c, metav1.CreateOptions{})
+}
+
 // fakeExec answers curl as a plaintext client would: refused while the
 // namespace's policy is STRICT, 200 otherwise.
 type fakeExec struct {

@@ -55,6 +55,13 @@ func (w dyingWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 	return w.PolicyWriter.Apply(ctx, cfg, dry)
 }
 
+func (w dyingWriter) Create(ctx context.Context, pa *securityv1.PeerAuthentication, dry bool) (*securityv1.PeerAuthentication, error) {
+	if w.s.dead {
+		return nil, errDead
+	}
+	return w.PolicyWriter.Create(ctx, pa, dry)
+}
+
 func crashAt(phase state.Phase, applied bool) func(*state.StageState) bool {
 	return func(st *state.StageState) bool {
 		return st.Phase == phase && (st.Target != nil && st.Target.UID != "") == applied

@@ -13,6 +13,7 @@ import (
 	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
@@ -181,7 +182,13 @@ func (r *run) verify(ctx context.Context) error {
 
 func (r *run) dryRun(ctx context.Context) error {
 	r.d.Progress.Step("apply", "dry run: sending the change through the API server's validation; nothing is persisted and no state is written")
-	obj, err := r.d.Writer.Apply(ctx, r.applyConfig(), true)
+	var obj *securityv1.PeerAuthentication
+	var err error
+	if r.target == nil {
+		obj, err = r.d.Writer.Create(ctx, r.newPolicy(), true)
+	} else {
+		obj, err = r.d.Writer.Apply(ctx, r.applyConfig(), true)
+	}
 	if err != nil {
 		return fmt.Errorf("dry run of PeerAuthentication %s/%s: %w", r.stage.Namespace, r.stage.Policy.Metadata.Name, err)
 	}
@@ -235,6 +242,54 @@ func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.Pe
 // will use (the plan's policy).
 func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
 	return r.applyConfigFor(r.stage.Policy.Metadata.Name, r.target)
+}
+
+// newPolicy is the policy the stage creates (the plan's labels plus the
+// managed-by label, the stage annotation, the target mode). It is created,
+// not applied: a create fails on an existing name, where server-side apply
+// would silently adopt someone else's object (and rollback would later
+// delete it).
+func (r *run) newPolicy() *securityv1.PeerAuthentication {
+	pol := r.stage.Policy
+	labels := map[string]string{}
+	for k, v := range pol.Metadata.Labels {
+		labels[k] = v
+	}
+	labels[peerauth.ManagedByLabel] = peerauth.ManagedByValue
+	return &securityv1.PeerAuthentication{
+		ObjectMeta: metav1.ObjectMeta{Name: pol.Metadata.Name, Namespace: pol.Metadata.Namespace, Labels: labels,
+			Annotations: map[string]string{peerauth.StageAnnotation: r.stageAnnotation()}},
+		Spec: apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{
+			Mode: apisecurity.PeerAuthentication_MutualTLS_Mode(apisecurity.PeerAuthentication_MutualTLS_Mode_value[string(r.stage.TargetMode)]),
+		}},
+	}
+}
+
+// afterAlreadyExists decides after the create found the name taken: our
+// own create whose answer was lost (our label, our stage annotation, the
+// target mode) is accepted; anything else is someone else's object, left
+// alone, and the stage goes back to pending, refused.
+func (r *run) afterAlreadyExists(ctx context.Context, exists error) (*securityv1.PeerAuthentication, error) {
+	name := r.stage.Policy.Metadata.Name
+	live, err := peerauth.Get(ctx, r.d.Istio, r.stage.Namespace, name)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after the create found it (%w): %w", r.stage.Namespace, name, exists, err)
+	}
+	if err == nil && live.Labels[peerauth.ManagedByLabel] == peerauth.ManagedByValue &&
+		live.Annotations[peerauth.StageAnnotation] == r.stageAnnotation() &&
+		proto.Equal(&live.Spec, rollback.AppliedSpec(nil, string(r.stage.TargetMode))) {
+		return live, nil
+	}
+	r.changed = false
+	who := ""
+	if live != nil {
+		who = changedBy(live, time.Time{})
+	}
+	reason := fmt.Sprintf("PeerAuthentication %s/%s was created%s after the snapshot, by someone else: the stage does not adopt it (a rollback would delete their object); re-run plan", r.stage.Namespace, name, who)
+	if perr := r.setPhase(ctx, state.Pending, reason, nil); perr != nil {
+		return nil, fmt.Errorf("%s; and recording it in the state failed: %w", reason, perr)
+	}
+	return nil, &RefusedError{Reason: reason}
 }
 
 // applyConfigFor is what the stage server-side applies to the object name
@@ -378,9 +433,19 @@ func (r *run) apply(ctx context.Context) error {
 	r.changed = true
 	var obj *securityv1.PeerAuthentication
 	err := kuberetry.Do(ctx, func() (err error) {
-		obj, err = r.d.Writer.Apply(ctx, r.applyConfig(), false)
+		if r.target == nil {
+			obj, err = r.d.Writer.Create(ctx, r.newPolicy(), false)
+		} else {
+			obj, err = r.d.Writer.Apply(ctx, r.applyConfig(), false)
+		}
 		return err
 	})
+	if apierrors.IsAlreadyExists(err) {
+		// Created with the precondition "must not exist": someone else
+		// created this name between the snapshot and now (or our own create
+		// landed and its answer was lost). Theirs is never adopted.
+		obj, err = r.afterAlreadyExists(ctx, err)
+	}
 	if apierrors.IsConflict(err) {
 		// The apply carries the snapshot's resourceVersion: a 409 means the
 		// object changed since. Re-read and decide again: our own write
