@@ -57,6 +57,10 @@ type Options struct {
 	Reason string
 	// Actor is who runs the stage (user or service account), recorded.
 	Actor string
+	// AllowExec lets the stage's exec probes run (curl inside the pods they
+	// name): off by default, since a plan is a file and exec into a pod is
+	// a privilege of its own.
+	AllowExec bool
 	// RunID identifies this run (the lock's holder identity): the stage's
 	// owner in the state, which every state write checks (fencing).
 	RunID string

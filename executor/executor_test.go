@@ -53,6 +53,8 @@ type env struct {
 	clock *fakeClock
 	log   *[]string
 	prom  func(q string, ts time.Time) (model.Value, error)
+	// unreachable makes every probe refused, before the change too.
+	unreachable bool
 	// warn, when set, adds warnings to the answer of q.
 	warn func(q string, ts time.Time) v1.Warnings
 }
@@ -244,7 +246,7 @@ func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, 
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Clock: e.clock, Timeout: time.Second},
 		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
-	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second}
+	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second, AllowExec: true}
 	if mutate != nil {
 		mutate(&d, &o)
 	}
@@ -436,6 +438,7 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 		}, nil, "changed since the plan was made (2026-03-01T10:00:00Z): modified default (by kubectl at 2026-03-01T11:00:00Z)"},
 		{"namespace missing", func(p *plans.Plan) { p.Stages[0].Namespace = "gone" }, nil, nil, `namespace "gone" does not exist`},
+		{"exec probe without --allow-exec-probes", nil, nil, func(o *Options) { o.AllowExec = false }, "runs curl inside pod default/testcurl (exec): pass --allow-exec-probes"},
 		{"plaintext since the plan", nil, func(e *env) {
 			e.prom = func(q string, ts time.Time) (model.Value, error) {
 				if strings.Contains(q, "istio_requests_total") && strings.Contains(q, "connection_security_policy") {
@@ -484,7 +487,7 @@ func TestPreflightRefusals(t *testing.T) {
 				return healthyProm(q, ts)
 			}
 		}, nil, "it answered with no value"},
-		{"probe cannot reach its target", nil, nil, func(o *Options) {}, "probe plaintext cannot reach its target now"},
+		{"probe cannot reach its target", nil, func(e *env) { e.unreachable = true }, nil, "probe plaintext cannot reach its target now"},
 		{"stage already in progress", nil, func(e *env) {
 			_ = e.store.Update(context.Background(), func(s *state.State) error {
 				seedPhase(s.EnsurePlan("p", "sha256:p", t0).EnsureStage(1, "cart"), state.Soaking, t0, "")
@@ -505,6 +508,9 @@ func TestPreflightRefusals(t *testing.T) {
 			before := e.policy()
 			_, err, w := e.run(p, func(d *Deps, o *Options) {
 				if tt.opts != nil {
+					tt.opts(o)
+				}
+				if e.unreachable {
 					d.Prober.Exec = &fakeExec{e: e, refuseAlways: true}
 				}
 			})
@@ -700,7 +706,7 @@ func TestInterruptedSoakRollsBack(t *testing.T) {
 	d := Deps{Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Clock: e.clock},
 		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
-	_, err := Run(ctx, d, Options{Plan: testPlan(true, policyDigest(existingPolicy())), PlanDigest: "sha256:p", Stage: 1})
+	_, err := Run(ctx, d, Options{Plan: testPlan(true, policyDigest(existingPolicy())), PlanDigest: "sha256:p", Stage: 1, AllowExec: true})
 	var rb *RolledBackError
 	if !errors.As(err, &rb) || e.phase() != state.RolledBack {
 		t.Fatalf("got %v, phase %s", err, e.phase())

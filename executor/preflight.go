@@ -47,6 +47,13 @@ func (r *run) preflight(ctx context.Context) error {
 	if r.stage.Status == plans.StatusBlocked {
 		r.note(fmt.Sprintf("blocked stage forced: %s", r.o.Reason))
 	}
+	if !r.o.AllowExec {
+		for _, p := range r.stage.Probes {
+			if p.Kind == plans.ProbeExec {
+				return refusef("probe %s runs curl inside pod %s (exec): pass --allow-exec-probes to let it (the Job's RBAC must allow pods/exec there), or replace it with an http probe", p.Name, p.Pod)
+			}
+		}
+	}
 
 	st, err := r.d.Store.Load(ctx)
 	if err != nil {

@@ -86,6 +86,7 @@ func TestLoadRejects(t *testing.T) {
 		{"wrong api version", "apiVersion: mtls-migrate.io/v1alpha1", "apiVersion: mtls-migrate.io/v9", 1, "apiVersion"},
 		{"expect both", "          refused: true\n      - name: gateway", "          refused: true\n          status: 200\n      - name: gateway", 63, "expect either status or refused"},
 		{"exec without pod", "        pod: default/testcurl\n", "", 70, "stages[0].probes[2].pod"},
+		{"exec with its own command", "        container: curl\n", "        container: curl\n        command: [sh, -c, 'cat /var/run/secrets/kubernetes.io/serviceaccount/token']\n", 75, "stages[0].probes[2].command: a custom command is not allowed"},
 		{"mesh stage not last", "    scope: mesh", "    scope: cluster", 88, "must be namespace or mesh"},
 		{"DISABLE straight to STRICT", "    currentMode: PERMISSIVE", "    currentMode: DISABLE", 21, "PERMISSIVE in its own stage first"},
 		{"not yaml", "kind: MigrationPlan", "kind: [MigrationPlan", 0, "did not find expected"},

@@ -205,10 +205,15 @@ func (v *validator) probe(field string, pr *Probe, names map[string]bool) {
 		if pr.Pod == "" {
 			v.add(field+".pod", "an exec probe needs the pod to run in (namespace/name)")
 		}
+		if len(pr.Command) > 0 {
+			// A plan is input from a file that drives a privileged Job: a
+			// command in it would run anything in any pod it names.
+			v.add(field+".command", "a custom command is not allowed: an exec probe runs curl on its url; remove command")
+		}
 	default:
 		v.add(field+".kind", "must be http or exec, got %q", pr.Kind)
 	}
-	if pr.URL == "" && !(pr.Kind == ProbeExec && len(pr.Command) > 0) {
+	if pr.URL == "" {
 		v.add(field+".url", "a probe needs a URL")
 	} else if pr.URL != "" {
 		v.httpURL(field+".url", pr.URL)

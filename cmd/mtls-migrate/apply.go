@@ -47,6 +47,7 @@ type applyOptions struct {
 	Replan               bool
 	LockTTL              time.Duration
 	PlanDigest           string
+	AllowExec            bool
 	// now is the clock of the window and the state's records; tests fix it.
 	now func() time.Time
 	// runID is the lock's identity once taken: the stage owner in the state.
@@ -80,6 +81,7 @@ the snapshot by itself and exits 3.`,
 	cmd.Flags().BoolVar(&o.Next, "next", false, "finish a stage a dead run left mid-way, or else apply the next pending stage; exit 0 when all are done")
 	cmd.Flags().StringVar(&o.AllowedWindow, "allowed-window", "", `with --next: start a stage only inside "DAYS HH:MM-HH:MM [ZONE]", e.g. "Mon-Fri 09:00-16:00 Europe/Berlin"; outside it exit 0 doing nothing`)
 	cmd.Flags().BoolVar(&o.Replan, "replan", false, "with --next: continue with a plan whose digest differs from the one in progress (says which stages changed)")
+	cmd.Flags().BoolVar(&o.AllowExec, "allow-exec-probes", false, "let the plan's exec probes run curl inside the pods they name (off: such a stage is refused)")
 	cmd.Flags().StringVar(&o.PlanDigest, "plan-digest", "", "refuse to run unless the plan's digest is this one (sha256:...): pins the reviewed plan, so a changed ConfigMap cannot make the Job run another")
 	cmd.Flags().DurationVar(&o.LockTTL, "lock-ttl", 2*time.Minute, "how long the run's lock (Lease mtls-migrate-lock) stays valid without renewal; renewed every third of it; a dead run's lock is taken over after it")
 	cmd.Flags().StringVar(&o.DryRun, "dry-run", "none", `"server" sends the change through the API server's validation without persisting it; "none" applies`)
@@ -231,7 +233,7 @@ func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *pl
 	}
 	opts := executor.Options{
 		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,
-		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f), RunID: o.runID,
+		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f), RunID: o.runID, AllowExec: o.AllowExec,
 		Settle: o.Settle, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
 	}
 	return d, opts, nil
