@@ -38,27 +38,29 @@ type scriptedWriter struct {
 	before func()
 }
 
-func (w *scriptedWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dry bool) (*securityv1.PeerAuthentication, error) {
+// call runs before and returns the next scripted error, if any.
+func (w *scriptedWriter) call() error {
 	w.calls++
 	if w.before != nil {
 		w.before()
 	}
-	if len(w.errs) > 0 {
-		err := w.errs[0]
-		w.errs = w.errs[1:]
+	if len(w.errs) == 0 {
+		return nil
+	}
+	err := w.errs[0]
+	w.errs = w.errs[1:]
+	return err
+}
+
+func (w *scriptedWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dry bool) (*securityv1.PeerAuthentication, error) {
+	if err := w.call(); err != nil {
 		return nil, err
 	}
 	return w.inner.Apply(ctx, cfg, dry)
 }
 
 func (w *scriptedWriter) Create(ctx context.Context, pa *securityv1.PeerAuthentication, dry bool) (*securityv1.PeerAuthentication, error) {
-	w.calls++
-	if w.before != nil {
-		w.before()
-	}
-	if len(w.errs) > 0 {
-		err := w.errs[0]
-		w.errs = w.errs[1:]
+	if err := w.call(); err != nil {
 		return nil, err
 	}
 	return w.inner.Create(ctx, pa, dry)

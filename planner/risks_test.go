@@ -112,13 +112,7 @@ func TestPlanRisks(t *testing.T) {
 			return orders().peerAuth("orders", "off", old, nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil)
 		}, CodeCurrentModeDisable, plans.SeverityReview, plans.StatusNeedsReview},
 		{"TestPlanReviewsAmbientNamespace", func() *world {
-			w := orders()
-			for _, o := range w.kube {
-				if n, ok := o.(*corev1.Namespace); ok && n.Name == "orders" {
-					n.Labels["istio.io/dataplane-mode"] = "ambient"
-				}
-			}
-			return w
+			return orders().nsLabel("orders", "istio.io/dataplane-mode", "ambient")
 		}, CodeAmbientNamespace, plans.SeverityReview, plans.StatusNeedsReview},
 		{"TestPlanReviewsPolicyManagedByArgoCD", func() *world {
 			w := orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, nil)
@@ -128,13 +122,7 @@ func TestPlanRisks(t *testing.T) {
 			return w
 		}, CodeGitOpsManaged, plans.SeverityReview, plans.StatusNeedsReview},
 		{"TestPlanReviewsNamespaceManagedByFlux", func() *world {
-			w := orders()
-			for _, o := range w.kube {
-				if n, ok := o.(*corev1.Namespace); ok && n.Name == "orders" {
-					n.Labels["kustomize.toolkit.fluxcd.io/name"] = "apps"
-				}
-			}
-			return w
+			return orders().nsLabel("orders", "kustomize.toolkit.fluxcd.io/name", "apps")
 		}, CodeGitOpsManaged, plans.SeverityReview, plans.StatusNeedsReview},
 		{"TestPlanIgnoresOwnNamespacePolicy", func() *world {
 			return orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue})
