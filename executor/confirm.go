@@ -90,6 +90,14 @@ func changedBy(pa *securityv1.PeerAuthentication, t time.Time) string {
 // policy may be intact while something else (a newer workload policy, a
 // sidecar that lost its configuration) lets plaintext in again.
 func (r *run) reprobe(ctx context.Context) string {
+	if err := r.probing(ctx, len(r.stage.Probes), r.o.ProbeWithin, 0); err != nil {
+		r.d.Progress.Step("confirm", "could not mark the probes in the state: "+err.Error())
+	}
+	defer func() {
+		if err := r.markProbed(ctx, r.d.Clock.Now()); err != nil {
+			r.d.Progress.Step("confirm", "could not mark the probes' end in the state: "+err.Error())
+		}
+	}()
 	for _, p := range r.stage.Probes {
 		if !p.Expect.Refused {
 			continue

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -132,6 +131,9 @@ func (r *run) confirmPlaintext(ctx context.Context) error {
 	if len(refused) == 0 {
 		return nil
 	}
+	if err := r.probing(ctx, len(refused), r.o.ProbeWithin, r.o.Settle); err != nil {
+		r.d.Progress.Step("rollback", "could not mark the confirmation probes in the state: "+err.Error())
+	}
 	if err := r.d.Clock.Sleep(ctx, r.o.Settle); err != nil {
 		return err
 	}
@@ -146,14 +148,6 @@ func (r *run) confirmPlaintext(ctx context.Context) error {
 			return err
 		}
 	}
-	// These probes are plaintext requests from outside the mesh, recorded
-	// by the destination like any other: the next apply's pre-flight must
-	// not take them for a client STRICT would cut off.
-	return r.d.Store.Update(ctx, func(s *state.State) error {
-		if s.ProbedAt == nil {
-			s.ProbedAt = map[string]time.Time{}
-		}
-		s.ProbedAt[r.ref.Namespace] = r.d.Clock.Now().UTC()
-		return nil
-	})
+	// The real end of our plaintext probes (see markProbed).
+	return r.markProbed(ctx, r.d.Clock.Now())
 }

@@ -120,3 +120,39 @@ func TestStateDeletedMidSoakStillEndsRolledBack(t *testing.T) {
 		t.Fatalf("rollback report %+v", res.Rollback)
 	}
 }
+
+// markCheckingExec checks, at each probe, that the state already marks a
+// moment after it: a run killed right then leaves its probes covered.
+type markCheckingExec struct {
+	fakeExec
+	t      *testing.T
+	probes int
+}
+
+func (m *markCheckingExec) Exec(ctx context.Context, ns, pod, c string, cmd []string) (string, int, error) {
+	m.probes++
+	s, _ := m.e.store.Load(ctx)
+	if mark := s.ProbedAt["cart"]; !mark.After(m.e.clock.now) {
+		m.t.Errorf("probe %d at %s with the state's mark at %s: a run killed now would leave its probes looking like a plaintext client", m.probes, m.e.clock.now, mark)
+	}
+	return m.fakeExec.Exec(ctx, ns, pod, c, cmd)
+}
+
+// TestOwnProbesAreMarkedBeforeTheyAreSent: the pre-check and the rollback's
+// confirmation probes are covered by the state's probe mark while they run.
+func TestOwnProbesAreMarkedBeforeTheyAreSent(t *testing.T) {
+	e := newEnv(t, true)
+	e.prom = failingSuccessGateAfter(t0.Add(20 * time.Second)) // roll back: confirmation probes too
+	ex := &markCheckingExec{fakeExec: fakeExec{e: e}, t: t}
+	_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) { d.Prober.Exec = ex })
+	if !IsRolledBack(err) {
+		t.Fatalf("err = %v, want rolled back", err)
+	}
+	if ex.probes < 3 {
+		t.Fatalf("%d probes, want the pre-check, the check after the change and the confirmation", ex.probes)
+	}
+	s, _ := e.store.Load(context.Background())
+	if mark := s.ProbedAt["cart"]; mark.After(e.clock.now) {
+		t.Errorf("the mark stays in the future (%s, now %s) after the probes ended", mark, e.clock.now)
+	}
+}

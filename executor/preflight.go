@@ -342,6 +342,9 @@ func (r *run) precheckProbes(ctx context.Context) error {
 		return nil
 	}
 	within := min(r.o.ProbeWithin, 10*time.Second)
+	if err := r.probing(ctx, len(r.stage.Probes), within, 0); err != nil {
+		return err
+	}
 	for _, p := range r.stage.Probes {
 		want := func(o probe.Observation) bool { return probe.Satisfied(p.Expect, o) }
 		what := fmt.Sprintf("HTTP %d", p.Expect.Status)
@@ -354,15 +357,31 @@ func (r *run) precheckProbes(ctx context.Context) error {
 			return refusef("probe %s cannot reach its target now (expected %s, got %s); re-run plan", p.Name, what, res.Observed)
 		}
 	}
-	// Recorded after the probes, so the next pre-flight's plaintext check
-	// starts after the last of our own plaintext requests, whatever the
-	// scrape interval; a crash before this write only makes that check
-	// stricter (it would see our probes and refuse), never laxer.
+	return r.markProbed(ctx, r.d.Clock.Now())
+}
+
+// markProbed records, for the namespace, the moment after which the tool
+// sends no more plaintext probes of its own: the next pre-flight's
+// plaintext check starts after it, so the tool's probes (plaintext requests
+// from outside the mesh, recorded like any client's) are not taken for a
+// client STRICT would cut off.
+func (r *run) markProbed(ctx context.Context, at time.Time) error {
 	return r.d.Store.Update(ctx, func(s *state.State) error {
 		if s.ProbedAt == nil {
 			s.ProbedAt = map[string]time.Time{}
 		}
-		s.ProbedAt[r.stage.Namespace] = r.d.Clock.Now().UTC()
+		s.ProbedAt[r.ref.Namespace] = at.UTC()
 		return nil
 	})
+}
+
+// probing marks, before n probes that may each retry for within, the
+// latest moment they can still be sent. A run killed among its probes then
+// leaves a mark past them: otherwise the next pre-flight (and every one
+// after, back to the plan) would see the dead run's probes as a plaintext
+// client and refuse, a dead end only a new plan would leave. The mark is
+// moved back to the real end when the probes finish.
+func (r *run) probing(ctx context.Context, n int, within, extra time.Duration) error {
+	per := within + r.d.Prober.Timeout + time.Second
+	return r.markProbed(ctx, r.d.Clock.Now().Add(time.Duration(n)*per+extra))
 }
