@@ -57,6 +57,13 @@ type Options struct {
 	Reason string
 	// Actor is who runs the stage (user or service account), recorded.
 	Actor string
+	// AllowExec lets the stage's exec probes run (curl inside the pods they
+	// name): off by default, since a plan is a file and exec into a pod is
+	// a privilege of its own.
+	AllowExec bool
+	// RunID identifies this run (the lock's holder identity): the stage's
+	// owner in the state, which every state write checks (fencing).
+	RunID string
 	// Settle is the wait after the apply for the change to reach the
 	// proxies and drain old connections, before the probes.
 	Settle               time.Duration
@@ -75,6 +82,12 @@ const (
 	OutcomeDryRun         Outcome = "dry-run"
 	OutcomeRolledBack     Outcome = "rolled-back"
 	OutcomeRollbackFailed Outcome = "rollback-failed"
+	// OutcomeTakenOver: someone else took the stage over during the run
+	// (a person's rollback, a run that resumed it); this run stopped.
+	OutcomeTakenOver Outcome = "taken-over"
+	// OutcomeNotVerified: the soak passed but the policy was changed by
+	// someone else meanwhile; their change was left alone.
+	OutcomeNotVerified Outcome = "not-verified"
 )
 
 // Result is what a run did, for output.
@@ -86,12 +99,15 @@ type Result struct {
 	Forced    string  `json:"forced,omitempty"`
 	// Applied is the PeerAuthentication as the API server returned it after
 	// the (dry-run) apply.
-	Applied  *securityv1.PeerAuthentication `json:"applied,omitempty"`
-	Baseline []state.GateValue              `json:"baseline,omitempty"`
-	Probes   []state.ProbeResult            `json:"probes,omitempty"`
-	Gates    []state.GateValue              `json:"gates,omitempty"`
-	Rollback []rollback.StageReport         `json:"rollback,omitempty"`
-	Notes    []string                       `json:"notes,omitempty"`
+	Applied *securityv1.PeerAuthentication `json:"applied,omitempty"`
+	// AlsoApplied are the other namespace-wide policies the stage wrote
+	// (the plan's policy.alsoUpdates), as the API server returned them.
+	AlsoApplied []*securityv1.PeerAuthentication `json:"alsoApplied,omitempty"`
+	Baseline    []state.GateValue                `json:"baseline,omitempty"`
+	Probes      []state.ProbeResult              `json:"probes,omitempty"`
+	Gates       []state.GateValue                `json:"gates,omitempty"`
+	Rollback    []rollback.StageReport           `json:"rollback,omitempty"`
+	Notes       []string                         `json:"notes,omitempty"`
 }
 
 // RefusedError says pre-flight refused the stage; nothing was touched.

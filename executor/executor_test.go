@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/proto"
 	apisecurity "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
@@ -28,6 +30,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -50,6 +53,10 @@ type env struct {
 	clock *fakeClock
 	log   *[]string
 	prom  func(q string, ts time.Time) (model.Value, error)
+	// unreachable makes every probe refused, before the change too.
+	unreachable bool
+	// warn, when set, adds warnings to the answer of q.
+	warn func(q string, ts time.Time) v1.Warnings
 }
 
 type recordingStore struct {
@@ -84,6 +91,7 @@ func (w *fakeWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 	}
 	pas := w.e.istio.SecurityV1().PeerAuthentications(*cfg.Namespace)
 	live, err := pas.Get(ctx, *cfg.Name, metav1.GetOptions{})
+	exists := err == nil
 	if apierrors.IsNotFound(err) {
 		live = &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: *cfg.Name, Namespace: *cfg.Namespace, UID: types.UID("uid-created")}}
 	} else if err != nil {
@@ -110,10 +118,27 @@ func (w *fakeWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 	if dryRun {
 		return live, nil
 	}
-	if live.ResourceVersion == "" {
+	if !exists {
 		return pas.Create(ctx, live, metav1.CreateOptions{})
 	}
 	return pas.Update(ctx, live, metav1.UpdateOptions{})
+}
+
+func (w *fakeWriter) Create(ctx context.Context, pa *securityv1.PeerAuthentication, dryRun bool) (*securityv1.PeerAuthentication, error) {
+	w.dry = append(w.dry, dryRun)
+	*w.e.log = append(*w.e.log, "apply")
+	if w.fail != nil {
+		return nil, w.fail
+	}
+	c := pa.DeepCopy()
+	c.UID = types.UID("uid-created")
+	if dryRun {
+		if _, err := w.e.istio.SecurityV1().PeerAuthentications(pa.Namespace).Get(ctx, pa.Name, metav1.GetOptions{}); err == nil {
+			return nil, apierrors.NewAlreadyExists(securityv1.Resource("peerauthentications"), pa.Name)
+		}
+		return c, nil
+	}
+	return w.e.istio.SecurityV1().PeerAuthentications(pa.Namespace).Create(ctx, c, metav1.CreateOptions{})
 }
 
 // fakeExec answers curl as a plaintext client would: refused while the
@@ -129,6 +154,22 @@ func (f *fakeExec) Exec(ctx context.Context, _, _, _ string, _ []string) (string
 		return "000", 56, nil
 	}
 	return "200", 0, nil
+}
+
+// envProm answers from the env's prom, with its warn's warnings.
+type envProm struct{ e *env }
+
+func (p envProm) Query(_ context.Context, q string, ts time.Time, _ ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	v, err := p.e.prom(q, ts)
+	var w v1.Warnings
+	if p.e.warn != nil {
+		w = p.e.warn(q, ts)
+	}
+	return v, w, nil, err
+}
+
+func (envProm) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("the executor makes no range queries")
 }
 
 type promFunc func(q string, ts time.Time) (model.Value, error)
@@ -201,11 +242,11 @@ func testPlan(updatesExisting bool, digest string) *plans.Plan {
 func (e *env) run(p *plans.Plan, mutate func(*Deps, *Options)) (*Result, error, *fakeWriter) { //nolint:staticcheck // reads as Run's own (result, err) plus the fake
 	w := &fakeWriter{e: e}
 	d := Deps{
-		Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
+		Kube: e.kube, Istio: e.istio, Writer: w, Prom: envProm{e},
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Namespace: "cart", Clock: e.clock, Timeout: time.Second},
 		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
-	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second}
+	o := Options{Plan: p, PlanDigest: "sha256:p", Stage: 1, Actor: "alice", GateInterval: 10 * time.Second, AllowExec: true}
 	if mutate != nil {
 		mutate(&d, &o)
 	}
@@ -318,6 +359,27 @@ func TestFailuresRollBack(t *testing.T) {
 	}
 }
 
+// TestPartialAnswersDuringTheSoakRollBack: a gate answered with warnings is
+// an error each tick, never a pass; K of them roll the stage back, and the
+// reason names the warning.
+func TestPartialAnswersDuringTheSoakRollBack(t *testing.T) {
+	e := newEnv(t, true)
+	e.warn = func(q string, ts time.Time) v1.Warnings {
+		if q == "success" && ts.After(t0.Add(20*time.Second)) {
+			return v1.Warnings{"partial response: querier timed out on 2 of 5 blocks"}
+		}
+		return nil
+	}
+	_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), nil)
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || !strings.Contains(rb.Reason, "3 consecutive errors") || !strings.Contains(rb.Reason, "partial response: querier timed out") {
+		t.Fatalf("want a rollback naming the warning, got %v", err)
+	}
+	if e.phase() != state.RolledBack {
+		t.Fatalf("phase %s", e.phase())
+	}
+}
+
 type execFunc func() (string, int)
 
 func (f execFunc) Exec(context.Context, string, string, string, []string) (string, int, error) {
@@ -376,18 +438,56 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 		}, nil, "changed since the plan was made (2026-03-01T10:00:00Z): modified default (by kubectl at 2026-03-01T11:00:00Z)"},
 		{"namespace missing", func(p *plans.Plan) { p.Stages[0].Namespace = "gone" }, nil, nil, `namespace "gone" does not exist`},
+		{"exec probe without --allow-exec-probes", nil, nil, func(o *Options) { o.AllowExec = false }, "runs curl inside pod default/testcurl (exec): pass --allow-exec-probes"},
 		{"plaintext since the plan", nil, func(e *env) {
 			e.prom = func(q string, ts time.Time) (model.Value, error) {
 				if strings.Contains(q, "istio_requests_total") && strings.Contains(q, "connection_security_policy") {
-					if !strings.Contains(q, "[2h0m0s]") && !strings.Contains(q, "[1h]") {
+					if !strings.Contains(q, "[2h]") { // back to the plan, made 2h ago
 						return nil, fmt.Errorf("unexpected range in %s", q)
+					}
+					if strings.Contains(q, "unless") {
+						return model.Vector{}, nil // no new series
 					}
 					return model.Vector{&model.Sample{Metric: model.Metric{"source_workload": "nightly", "source_workload_namespace": "batch"}, Value: 3}}, nil
 				}
 				return healthyProm(q, ts)
 			}
-		}, nil, "batch/nightly (3 plaintext requests)"},
-		{"probe cannot reach its target", nil, nil, func(o *Options) {}, "probe plaintext cannot reach its target now"},
+		}, nil, `plaintext traffic into "cart" in the last 2h (since the plan or the tool's last probes there): batch/nightly (3 plaintext requests);`},
+		{"new plaintext series since the plan", nil, func(e *env) {
+			// The nightly client's first scrape already holds its 40
+			// requests: increase sees nothing, the new series does.
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") && strings.Contains(q, "istio_requests_total") && strings.Contains(q, "unless") {
+					return model.Vector{&model.Sample{Metric: model.Metric{"source_workload": "nightly", "source_workload_namespace": "batch"}, Value: 40}}, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, `plaintext traffic into "cart" in the last 2h (since the plan or the tool's last probes there): batch/nightly (40 plaintext requests in series that began since)`},
+		{"partial answer to the plaintext query", nil, func(e *env) {
+			e.warn = func(q string, _ time.Time) v1.Warnings {
+				if strings.Contains(q, "connection_security_policy") {
+					return v1.Warnings{"partial response: store eu-1 unavailable"}
+				}
+				return nil
+			}
+		}, nil, `Prometheus's answer to the query for plaintext requests into "cart" cannot be judged by: it answered with warnings, so the answer may be partial: partial response: store eu-1 unavailable; check --prometheus-url and the tenant`},
+		{"matrix answer to the plaintext query", nil, func(e *env) {
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					return model.Matrix{}, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, "it answered with a matrix, not an instant vector; check --prometheus-url"},
+		{"no value answering the plaintext query", nil, func(e *env) {
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					return nil, nil
+				}
+				return healthyProm(q, ts)
+			}
+		}, nil, "it answered with no value"},
+		{"probe cannot reach its target", nil, func(e *env) { e.unreachable = true }, nil, "probe plaintext cannot reach its target now"},
 		{"stage already in progress", nil, func(e *env) {
 			_ = e.store.Update(context.Background(), func(s *state.State) error {
 				seedPhase(s.EnsurePlan("p", "sha256:p", t0).EnsureStage(1, "cart"), state.Soaking, t0, "")
@@ -408,6 +508,9 @@ func TestPreflightRefusals(t *testing.T) {
 			before := e.policy()
 			_, err, w := e.run(p, func(d *Deps, o *Options) {
 				if tt.opts != nil {
+					tt.opts(o)
+				}
+				if e.unreachable {
 					d.Prober.Exec = &fakeExec{e: e, refuseAlways: true}
 				}
 			})
@@ -419,6 +522,140 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 			if after := e.policy(); after.ResourceVersion != before.ResourceVersion {
 				t.Fatal("refused stage changed the policy")
+			}
+		})
+	}
+}
+
+// TestPlaintextLookBack: pre-flight looks for plaintext back to the plan
+// (at most one plan window), starting after the tool's own last probes, and
+// for plaintext series that began in that time (except in the scrape grace
+// right after our probes, where they may be ours).
+func TestPlaintextLookBack(t *testing.T) {
+	tests := []struct {
+		name      string
+		generated time.Time
+		probedAt  time.Time // zero: never probed
+		want      []string  // the plaintext queries' ranges and offsets, per metric
+	}{
+		{"back to the plan", t0.Add(-2 * time.Hour), time.Time{}, []string{"[2h]))", "[2h]) > 0) unless", "offset 2h)"}},
+		{"a night-old plan", t0.Add(-14 * time.Hour), time.Time{}, []string{"[14h]))", "[14h]) > 0) unless", "offset 14h)"}},
+		{"at most one window back", t0.Add(-10 * 24 * time.Hour), time.Time{}, []string{"[1w]))", "[1w]) > 0) unless", "offset 1w)"}},
+		{"after our own probes, new series after the scrape grace", t0.Add(-2 * time.Hour), t0.Add(-30 * time.Minute), []string{"[29m59s]))", "[29m59s]) > 0) unless", "offset 28m)"}},
+		{"probes within the scrape grace: increase only", t0.Add(-2 * time.Hour), t0.Add(-time.Minute), []string{"[59s]))"}},
+		{"a plan from the future: an hour back", t0.Add(time.Hour), time.Time{}, []string{"[1h]))", "[1h]) > 0) unless", "offset 1h)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			if !tt.probedAt.IsZero() {
+				_ = e.store.Update(context.Background(), func(s *state.State) error {
+					s.ProbedAt = map[string]time.Time{"cart": tt.probedAt}
+					return nil
+				})
+			}
+			got := map[string][]string{}
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if strings.Contains(q, "connection_security_policy") {
+					metric := "requests"
+					if strings.Contains(q, "istio_tcp_connections_opened_total") {
+						metric = "connections"
+					}
+					got[metric] = append(got[metric], q)
+				}
+				return healthyProm(q, ts)
+			}
+			p := testPlan(true, policyDigest(existingPolicy()))
+			p.Metadata.GeneratedAt = tt.generated
+			if _, err, _ := e.run(p, func(_ *Deps, o *Options) { o.DryRun = true }); err != nil {
+				t.Fatal(err)
+			}
+			for _, metric := range []string{"requests", "connections"} {
+				qs, n := got[metric], 2 // increase and new series
+				if len(tt.want) == 1 {
+					n = 1
+				}
+				if len(qs) != n {
+					t.Fatalf("%s: %d queries, want %d: %v", metric, len(qs), n, qs)
+				}
+				all := strings.Join(qs, "\n")
+				for _, w := range tt.want {
+					if !strings.Contains(all, w) {
+						t.Errorf("%s queries lack %q:\n%s", metric, w, all)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestTelemetryCheckedWhenThePlanSawTraffic: when the plan's evidence says
+// the namespace had traffic, a Prometheus with none of its Istio series
+// now (wrong tenant, relabelled, fresh) refuses the stage before any
+// change, as does a stage none of whose gates can judge its baseline; not
+// even --force runs a blind stage.
+func TestTelemetryCheckedWhenThePlanSawTraffic(t *testing.T) {
+	traffic := plans.Evidence{HasTelemetry: true, MTLSRequestRate: 5, PlaintextRequestRate: 0}
+	tcp := plans.Evidence{HasTelemetry: true, MTLSConnectionRate: 2}
+	empty := func(string, time.Time) (model.Value, error) { return model.Vector{}, nil }
+	emptyWhere := func(sub string) func(string, time.Time) (model.Value, error) {
+		return func(q string, ts time.Time) (model.Value, error) {
+			if strings.Contains(q, sub) {
+				return model.Vector{}, nil
+			}
+			return healthyProm(q, ts)
+		}
+	}
+	tests := []struct {
+		name    string
+		ev      plans.Evidence
+		mesh    bool
+		prom    func(string, time.Time) (model.Value, error)
+		warn    func(string, time.Time) v1.Warnings
+		force   bool
+		refused string // "" when the stage must be done
+	}{
+		{"empty Prometheus", traffic, false, empty, nil, false,
+			`the plan saw traffic into namespace "cart" (5 requests/s, 0 connections/s), but Prometheus has no Istio series for it now (empty: count(istio_requests_total{reporter="destination",destination_workload_namespace="cart"})), so no check could see anything: check that --prometheus-url is the Prometheus the plan used (the plan read http://prom.example:9090), the tenant (--prometheus-header X-Scope-OrgID=...)`},
+		{"empty Prometheus, forced", traffic, false, empty, nil, true, "has no Istio series for it now"},
+		{"TCP series missing", tcp, false, emptyWhere("count(istio_tcp_connections_opened_total"), nil, false,
+			`empty: count(istio_tcp_connections_opened_total{reporter="destination",destination_workload_namespace="cart"})`},
+		{"mesh-wide stage with no series in the mesh", traffic, true, empty, nil, false,
+			`the plan saw traffic into the mesh (5 requests/s, 0 connections/s), but Prometheus has no Istio series for it now (empty: count(istio_requests_total{reporter="destination"}))`},
+		{"partial answer to the series count", traffic, false, healthyProm, func(q string, _ time.Time) v1.Warnings {
+			if strings.HasPrefix(q, "count(") {
+				return v1.Warnings{"partial response"}
+			}
+			return nil
+		}, false, `Prometheus's answer to the query for the Istio series of namespace "cart" cannot be judged by: it answered with warnings`},
+		{"series there but every gate blind at baseline", traffic, false, emptyWhere("success"), nil, false,
+			`baseline: no gate of stage 1 can judge namespace "cart" before the change although the plan saw traffic there (success-rate: no baseline: the gate's query had no data before the change`},
+		{"series there and a gate that judges", traffic, false, healthyProm, nil, false, ""},
+		{"the plan saw no traffic: nothing to lose, not checked", plans.Evidence{HasTelemetry: false}, false, empty, nil, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.prom, e.warn = tt.prom, tt.warn
+			p := testPlan(true, policyDigest(existingPolicy()))
+			p.Metadata.PrometheusURL = "http://prom.example:9090"
+			p.Stages[0].Evidence = tt.ev
+			if tt.mesh {
+				p.Stages[0].Scope = plans.ScopeMesh
+			}
+			before := e.policy()
+			res, err, w := e.run(p, func(_ *Deps, o *Options) { o.Force, o.Reason = tt.force, "test" })
+			if tt.refused == "" {
+				if err != nil || res.Outcome != OutcomeDone {
+					t.Fatalf("want done, got %v (%+v)", err, res)
+				}
+				return
+			}
+			if !IsRefused(err) || !strings.Contains(err.Error(), tt.refused) {
+				t.Fatalf("want refusal %q, got %v", tt.refused, err)
+			}
+			if len(w.dry) != 0 || e.policy().ResourceVersion != before.ResourceVersion || e.phase() != "" {
+				t.Fatalf("refused stage changed something: applies %v, phase %q", w.dry, e.phase())
 			}
 		})
 	}
@@ -469,7 +706,7 @@ func TestInterruptedSoakRollsBack(t *testing.T) {
 	d := Deps{Kube: e.kube, Istio: e.istio, Writer: w, Prom: promFunc(func(q string, ts time.Time) (model.Value, error) { return e.prom(q, ts) }),
 		Store: e.store, Prober: &probe.Prober{Exec: &fakeExec{e: e}, Clock: e.clock},
 		Clock: e.clock, Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
-	_, err := Run(ctx, d, Options{Plan: testPlan(true, policyDigest(existingPolicy())), PlanDigest: "sha256:p", Stage: 1})
+	_, err := Run(ctx, d, Options{Plan: testPlan(true, policyDigest(existingPolicy())), PlanDigest: "sha256:p", Stage: 1, AllowExec: true})
 	var rb *RolledBackError
 	if !errors.As(err, &rb) || e.phase() != state.RolledBack {
 		t.Fatalf("got %v, phase %s", err, e.phase())
@@ -505,5 +742,67 @@ func TestProbesRetryOnTheRunsClock(t *testing.T) {
 	}
 	if given.Clock != nil {
 		t.Error("Run changed the caller's Prober")
+	}
+}
+
+// teamPolicy is a second namespace-wide policy in cart, younger than
+// existingPolicy: Istio ignores it today.
+func teamPolicy() *securityv1.PeerAuthentication {
+	pa := existingPolicy()
+	pa.Name, pa.UID, pa.CreationTimestamp = "team", "uid-team", metav1.NewTime(t0.Add(-time.Hour))
+	pa.Labels, pa.Annotations = map[string]string{"owner": "team"}, nil
+	return pa
+}
+
+func TestStageWritesEveryNamespaceWidePolicyAndRollsThemAllBack(t *testing.T) {
+	e := newEnv(t, true)
+	if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), teamPolicy(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := testPlan(true, policyDigest(existingPolicy(), teamPolicy()))
+	p.Stages[0].Policy.AlsoUpdates = []string{"team"}
+	res, err, _ := e.run(p, nil)
+	if err != nil || res.Outcome != OutcomeDone {
+		t.Fatalf("outcome %s: %v", res.Outcome, err)
+	}
+	for _, name := range []string{"default", "team"} {
+		pa, _ := e.istio.SecurityV1().PeerAuthentications("cart").Get(context.Background(), name, metav1.GetOptions{})
+		if pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_STRICT || pa.Annotations[peerauth.StageAnnotation] != "p/1" {
+			t.Errorf("%s after the stage: %v %v, want STRICT with the stage annotation", name, pa.Spec.GetMtls().GetMode(), pa.Annotations)
+		}
+	}
+	if len(res.AlsoApplied) != 1 || res.AlsoApplied[0].Name != "team" {
+		t.Errorf("AlsoApplied = %v", res.AlsoApplied)
+	}
+	s, _ := e.store.Load(context.Background())
+	ss := s.Plan("sha256:p").Stage(1)
+	if len(ss.AlsoTargets) != 1 || ss.AlsoTargets[0].Name != "team" || ss.AlsoTargets[0].UID != "uid-team" || ss.AlsoTargets[0].Created {
+		t.Fatalf("state's other targets = %+v", ss.AlsoTargets)
+	}
+	rb := &rollback.Runner{Istio: e.istio, Store: e.store, Now: e.clock.Now}
+	if _, err := rb.Stages(context.Background(), "sha256:p", []int{1}, "test", rollback.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []*securityv1.PeerAuthentication{existingPolicy(), teamPolicy()} {
+		got, _ := e.istio.SecurityV1().PeerAuthentications("cart").Get(context.Background(), want.Name, metav1.GetOptions{})
+		if !proto.Equal(&got.Spec, &want.Spec) || !maps.Equal(got.Labels, want.Labels) || len(got.Annotations) != len(want.Annotations) || got.UID != want.UID {
+			t.Errorf("%s after the rollback: %+v", want.Name, got)
+		}
+	}
+}
+
+func TestPreflightRefusesWhenTheTargetNoLongerMatchesThePlan(t *testing.T) {
+	e := newEnv(t, true)
+	// The plan was made when default was the only namespace-wide policy
+	// (no digest to catch the change): team appeared since.
+	if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), teamPolicy(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err, w := e.run(testPlan(true, ""), nil)
+	if !IsRefused(err) || !strings.Contains(err.Error(), "the plan would update default in place") || !strings.Contains(err.Error(), "the other namespace-wide ones, team") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(w.dry) != 0 {
+		t.Fatal("refused stage reached the apply")
 	}
 }

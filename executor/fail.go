@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -25,15 +24,24 @@ type stageRef struct {
 }
 
 // setPhase updates this stage in the state along the phase machine; phase
-// "" keeps the phase (only mutate runs).
+// "" keeps the phase (only mutate runs). Every write is fenced: the stage
+// must still be held by this run (Options.RunID) in the phase the run last
+// wrote, else it is a *state.FencedError, nothing is written, and the run
+// remembers it must stop.
 func (r *run) setPhase(ctx context.Context, phase state.Phase, reason string, mutate func(*state.StageState)) error {
+	if r.fenced != nil {
+		return r.fenced
+	}
 	now := r.d.Clock.Now()
-	return r.d.Store.Update(ctx, func(s *state.State) error {
+	err := r.d.Store.Update(ctx, func(s *state.State) error {
 		p := s.Plan(r.ref.Digest)
 		if p == nil || p.Stage(r.ref.Number) == nil {
 			return errors.New("the stage vanished from the migration state")
 		}
 		st := p.Stage(r.ref.Number)
+		if err := st.Fence(r.o.RunID, r.phase); err != nil {
+			return err
+		}
 		if phase != "" && (phase != st.Phase || reason != "") {
 			if err := st.Move(phase, now, reason); err != nil {
 				return err
@@ -44,6 +52,14 @@ func (r *run) setPhase(ctx context.Context, phase state.Phase, reason string, mu
 		}
 		return nil
 	})
+	var fenced *state.FencedError
+	switch {
+	case errors.As(err, &fenced):
+		r.fenced = fenced
+	case err == nil && phase != "":
+		r.phase = phase
+	}
+	return err
 }
 
 func (r *run) event(ctx context.Context, typ, reason, msg string) {
@@ -57,6 +73,14 @@ func (r *run) event(ctx context.Context, typ, reason, msg string) {
 // set, is an error other than a failed check (its exit code is then 1 if
 // the rollback works).
 func (r *run) fail(ctx context.Context, reason string, cause error) error {
+	if r.fenced != nil {
+		// Someone else holds the stage now (a person's rollback, a run
+		// that took over): theirs is the last word, ours is none.
+		r.res.Reason = r.fenced.Error()
+		r.res.Outcome = OutcomeTakenOver
+		r.d.Progress.Step("stop", r.fenced.Error())
+		return r.fenced
+	}
 	r.res.Reason = reason
 	// The run's context may be what ended (Ctrl-C, SIGTERM): the rollback
 	// must still happen, within its own bound.
@@ -64,10 +88,16 @@ func (r *run) fail(ctx context.Context, reason string, cause error) error {
 	defer cancel()
 	r.d.Progress.Step("rollback", "rolling back: "+reason)
 	r.event(rctx, corev1.EventTypeWarning, events.StageRollingBack, fmt.Sprintf("stage %d: %s; rolling back", r.ref.Number, reason))
-	rb := &rollback.Runner{Istio: r.d.Istio, Store: r.d.Store, Now: r.d.Clock.Now}
+	rb := &rollback.Runner{Istio: r.d.Istio, Kube: r.d.Kube, Store: r.d.Store, Now: r.d.Clock.Now, Owner: r.o.RunID, Fallback: r.record}
 	reps, err := rb.Stages(rctx, r.ref.Digest, []int{r.ref.Number}, reason, rollback.Options{})
 	r.res.Rollback = reps
+	var fenced *state.FencedError
+	if errors.As(err, &fenced) {
+		r.fenced = fenced
+		return r.fail(ctx, reason, cause)
+	}
 	if err == nil {
+		r.phase = state.RolledBack
 		err = r.confirmPlaintext(rctx)
 	}
 	if err != nil {
@@ -101,6 +131,9 @@ func (r *run) confirmPlaintext(ctx context.Context) error {
 	if len(refused) == 0 {
 		return nil
 	}
+	if err := r.probing(ctx, len(refused), r.o.ProbeWithin, r.o.Settle); err != nil {
+		r.d.Progress.Step("rollback", "could not mark the confirmation probes in the state: "+err.Error())
+	}
 	if err := r.d.Clock.Sleep(ctx, r.o.Settle); err != nil {
 		return err
 	}
@@ -115,14 +148,6 @@ func (r *run) confirmPlaintext(ctx context.Context) error {
 			return err
 		}
 	}
-	// These probes are plaintext requests from outside the mesh, recorded
-	// by the destination like any other: the next apply's pre-flight must
-	// not take them for a client STRICT would cut off.
-	return r.d.Store.Update(ctx, func(s *state.State) error {
-		if s.ProbedAt == nil {
-			s.ProbedAt = map[string]time.Time{}
-		}
-		s.ProbedAt[r.ref.Namespace] = r.d.Clock.Now().UTC()
-		return nil
-	})
+	// The real end of our plaintext probes (see markProbed).
+	return r.markProbed(ctx, r.d.Clock.Now())
 }

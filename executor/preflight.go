@@ -2,8 +2,10 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 
 	"github.com/prometheus/common/model"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/gitops"
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
@@ -44,6 +47,13 @@ func (r *run) preflight(ctx context.Context) error {
 	if r.stage.Status == plans.StatusBlocked {
 		r.note(fmt.Sprintf("blocked stage forced: %s", r.o.Reason))
 	}
+	if !r.o.AllowExec {
+		for _, p := range r.stage.Probes {
+			if p.Kind == plans.ProbeExec {
+				return refusef("probe %s runs curl inside pod %s (exec): pass --allow-exec-probes to let it (the Job's RBAC must allow pods/exec there), or replace it with an http probe", p.Name, p.Pod)
+			}
+		}
+	}
 
 	st, err := r.d.Store.Load(ctx)
 	if err != nil {
@@ -67,7 +77,30 @@ func (r *run) preflight(ctx context.Context) error {
 	if err := r.checkPlaintext(ctx, st); err != nil {
 		return err
 	}
+	if err := r.checkTelemetry(ctx); err != nil {
+		return err
+	}
+	r.noteOwnership()
 	return nil
+}
+
+// noteOwnership says, before the change, when the policy the stage patches
+// belongs to a GitOps controller or Helm: server-side apply with force takes
+// spec.mtls.mode's ownership away from it, and its self-heal may revert
+// the stage (the plan's GITOPS_MANAGED risk says the same for review).
+func (r *run) noteOwnership() {
+	if r.target == nil {
+		return
+	}
+	var mgrs []string
+	for _, mf := range r.target.ManagedFields {
+		if mf.Manager != peerauth.FieldManager {
+			mgrs = append(mgrs, mf.Manager)
+		}
+	}
+	if who := gitops.ManagedBy(r.target.Labels, r.target.Annotations, mgrs); len(who) > 0 {
+		r.note(fmt.Sprintf("PeerAuthentication %s/%s is managed by %s: the stage's server-side apply (force) takes ownership of spec.mtls.mode from it, and its self-heal may revert the change; the check before done will tell", r.target.Namespace, r.target.Name, strings.Join(who, ", ")))
+	}
 }
 
 // checkNotInProgress refuses when a stage is mid-way (a run is going on, or
@@ -138,76 +171,92 @@ func describeChanges(live []*securityv1.PeerAuthentication, since time.Time) str
 	return strings.Join(parts, "; ")
 }
 
-// checkTarget verifies the plan's view of the target policy still holds.
-// Istio keeps the oldest of two namespace-wide policies (no selector), so a
-// new one next to an existing one would be ignored: the stage must patch
-// that one in place (https://istio.io/latest/docs/reference/config/security/peer_authentication/).
+// checkTarget decides again, on the live objects, what the stage writes
+// (peerauth.TargetOf: the same decision the planner recorded in the
+// stage's policy) and refuses only when it differs from the plan's. So a
+// stage the plan offers is accepted on the cluster the plan was made for:
+// with several namespace-wide policies the plan writes every one of them
+// (Istio uses the oldest, https://istio.io/latest/docs/reference/config/security/peer_authentication/),
+// and it never writes into a workload policy that holds the name it would
+// otherwise create.
 func (r *run) checkTarget() error {
 	pol := r.stage.Policy
-	var wide []string
+	want := peerauth.RecordedTarget(pol)
+	live := peerauth.TargetOf(r.stage.Namespace, r.live)
+	if d := want.Diff(live); d != "" {
+		return refusef("%s; re-run plan", d)
+	}
+	byName := map[string]*securityv1.PeerAuthentication{}
 	for _, pa := range r.live {
-		if pa.Name == pol.Metadata.Name {
-			r.target = pa
-		}
-		if pa.Spec.GetSelector() == nil {
-			wide = append(wide, pa.Name)
-		}
+		byName[pa.Name] = pa
 	}
-	switch {
-	case pol.UpdatesExisting && r.target == nil:
-		return refusef("the plan patches PeerAuthentication %s/%s, which no longer exists; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
-	case !pol.UpdatesExisting && r.target != nil:
-		return refusef("the plan creates PeerAuthentication %s/%s, which now exists; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
-	case r.target != nil && r.target.Spec.GetSelector() != nil:
-		return refusef("PeerAuthentication %s/%s has a workload selector; the stage needs the namespace-wide policy; re-run plan", pol.Metadata.Namespace, pol.Metadata.Name)
+	r.target = nil
+	if !want.Create {
+		r.target = byName[want.Name]
 	}
-	for _, name := range wide {
-		if name != pol.Metadata.Name {
-			return refusef("namespace %q already has the namespace-wide PeerAuthentication %q; a second one would be ignored by Istio (the oldest wins); re-run plan", r.stage.Namespace, name)
-		}
+	r.also = nil
+	for _, name := range want.AlsoUpdates {
+		r.also = append(r.also, byName[name])
 	}
 	return nil
 }
 
-// checkPlaintext re-queries Prometheus for plaintext into the namespace
-// since the plan was made (at most the last hour), and since the tool's own
-// last probes there.
+// probeScrapeGrace is how long after the tool's own probes a series they
+// created may wait for its first scrape (a generous scrape interval). A
+// plaintext series first seen within it cannot be told from one of our
+// probes', so it is counted from its second scrape on only (by increase).
+const probeScrapeGrace = 2 * time.Minute
+
+// checkPlaintext re-queries Prometheus for plaintext into the namespace (the
+// whole mesh for the mesh-wide stage) since the plan was made, at most one
+// plan window back, and since the tool's own last probes there. Two
+// queries per metric: the increase of every plaintext series, and the
+// count of plaintext series new in that time (a client whose first scrape
+// already holds its requests has no increase to see).
 func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 	now := r.d.Clock.Now()
 	since := r.o.Plan.Metadata.GeneratedAt
+	if w := r.o.Plan.Metadata.Window.Std(); w > 0 && now.Sub(since) > w {
+		since = now.Add(-w)
+	}
+	absentAt := since // a series existing then is old, seen by increase
 	if t, ok := st.ProbedAt[r.stage.Namespace]; ok && t.After(since) {
 		since = t.Add(time.Second)
+		absentAt = t.Add(probeScrapeGrace)
 	}
 	rng := now.Sub(since)
-	if rng > time.Hour || rng <= 0 {
+	if rng <= 0 {
+		// The plan or our last probes lie in the future (a skewed clock):
+		// look back an hour rather than not at all. Stricter, never laxer.
 		rng = time.Hour
+		absentAt = now.Add(-rng)
 	}
-	if rng < time.Second {
-		rng = time.Second
-	}
+	rng = max(rng.Round(time.Second), time.Second)
 	ns := ""
 	if r.stage.Scope != plans.ScopeMesh {
 		ns = r.stage.Namespace
 	}
 	sel := istiometrics.DestinationPlaintext(ns)
 	by := istiometrics.Grouping(istiometrics.LabelSourceWorkload, istiometrics.LabelSourceWorkloadNamespace)
-	window := model.Duration(rng.Round(time.Second)).String()
-	queries := map[string]string{
-		"requests":    fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.RequestsTotal, sel, window),
-		"connections": fmt.Sprintf(`sum by (%s) (increase(%s{%s}[%s]))`, by, istiometrics.TCPConnectionsOpened, sel, window),
+	window := model.Duration(rng).String()
+	type check struct{ what, query, unit string }
+	var checks []check
+	for _, m := range []struct{ metric, what string }{{istiometrics.RequestsTotal, "requests"}, {istiometrics.TCPConnectionsOpened, "connections"}} {
+		checks = append(checks, check{m.what, istiometrics.IncreaseBy(m.metric, sel, by, window), "plaintext " + m.what})
+		if absent := now.Sub(absentAt).Round(time.Second); absent > 0 {
+			checks = append(checks, check{m.what, istiometrics.NewSeriesBy(m.metric, sel, by, window, model.Duration(absent).String()),
+				"plaintext " + m.what + " in series that began since"})
+		}
 	}
 	var found []string
-	for _, what := range []string{"requests", "connections"} {
-		// TODO(fail-closed): warnings (a partial answer) are ignored for
-		// now, so a partial answer can hide plaintext.
-		v, _, _, err := istiometrics.Instant(ctx, r.d.Prom, queries[what], now, r.d.PromTimeout)
+	for _, c := range checks {
+		vec, err := r.promVector(ctx, c.query, now, "plaintext "+c.what+" into "+strconv.Quote(r.stage.Namespace))
 		if err != nil {
-			return fmt.Errorf("pre-flight: query Prometheus for plaintext %s into %q: %w; it must answer before a stage is applied (check --prometheus-url)", what, r.stage.Namespace, err)
+			return err
 		}
-		vec, _ := v.(model.Vector)
 		for _, s := range vec {
 			if s.Value > 0 {
-				found = append(found, fmt.Sprintf("%s/%s (%.0f plaintext %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), what))
+				found = append(found, fmt.Sprintf("%s/%s (%.0f %s)", s.Metric[istiometrics.LabelSourceWorkloadNamespace], s.Metric[istiometrics.LabelSourceWorkload], float64(s.Value), c.unit))
 			}
 		}
 	}
@@ -215,12 +264,74 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 		return nil
 	}
 	sort.Strings(found)
-	msg := fmt.Sprintf("plaintext traffic into %q in the last %s (since the plan): %s", r.stage.Namespace, window, strings.Join(found, ", "))
+	msg := fmt.Sprintf("plaintext traffic into %q in the last %s (since the plan or the tool's last probes there): %s", r.stage.Namespace, window, strings.Join(found, ", "))
 	if r.o.Force {
 		r.note("forced despite " + msg)
 		return nil
 	}
 	return refusef("%s; STRICT would cut these clients off: re-run plan, or pass --force --reason \"...\"", msg)
+}
+
+// checkTelemetry refuses when the plan saw traffic into the namespace (the
+// whole mesh for the mesh-wide stage) and Prometheus has none of its Istio
+// series now: a wrong tenant, metrics relabelled away, a fresh Prometheus
+// or a partial Thanos answer all look like that, and against them the
+// plaintext check finds nothing, every baseline is empty and every gate
+// stays Inconclusive, so the stage would pass unverified. Series, not
+// traffic: a namespace quiet right now still has its counters. Not
+// overridden by --force: no reason makes a blind check see.
+func (r *run) checkTelemetry(ctx context.Context) error {
+	ev := r.stage.Evidence
+	ns, where := r.stage.Namespace, fmt.Sprintf("namespace %q", r.stage.Namespace)
+	if r.stage.Scope == plans.ScopeMesh {
+		ns, where = "", "the mesh"
+	}
+	var metrics []string
+	if ev.MTLSRequestRate > 0 || ev.PlaintextRequestRate > 0 {
+		metrics = append(metrics, istiometrics.RequestsTotal)
+	}
+	if ev.MTLSConnectionRate > 0 || ev.PlaintextConnectionRate > 0 {
+		metrics = append(metrics, istiometrics.TCPConnectionsOpened)
+	}
+	now := r.d.Clock.Now()
+	var missing []string
+	for _, m := range metrics {
+		q := istiometrics.SeriesCount(m, istiometrics.Destination(ns))
+		vec, err := r.promVector(ctx, q, now, "the Istio series of "+where)
+		if err != nil {
+			return err
+		}
+		if len(vec) == 0 || !(vec[0].Value > 0) {
+			missing = append(missing, q)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	planProm := ""
+	if u := r.o.Plan.Metadata.PrometheusURL; u != "" {
+		planProm = fmt.Sprintf(" (the plan read %s)", u)
+	}
+	return refusef("pre-flight: the plan saw traffic into %s (%.4g requests/s, %.4g connections/s), but Prometheus has no Istio series for it now (empty: %s), so no check could see anything: "+
+		"check that --prometheus-url is the Prometheus the plan used%s, the tenant (--prometheus-header X-Scope-OrgID=...), relabelling that renames or drops Istio's metrics or their %s/%s labels, and retention; if %s really has no traffic any more, re-run plan",
+		where, ev.MTLSRequestRate+ev.PlaintextRequestRate, ev.MTLSConnectionRate+ev.PlaintextConnectionRate, strings.Join(missing, ", "), planProm,
+		istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, where)
+}
+
+// promVector runs one of pre-flight's instant queries. A query error is an
+// error; an answer that cannot be judged by (warnings: a partial answer; a
+// result that is not a vector) refuses the stage, since reading it as
+// "nothing found" could hide what the check looks for.
+func (r *run) promVector(ctx context.Context, query string, now time.Time, what string) (model.Vector, error) {
+	vec, err := istiometrics.InstantVector(ctx, r.d.Prom, query, now, r.d.PromTimeout)
+	var ue *istiometrics.UnusableAnswerError
+	switch {
+	case errors.As(err, &ue):
+		return nil, refusef("pre-flight: Prometheus's answer to the query for %s cannot be judged by: it %s; check --prometheus-url and the tenant (--prometheus-header X-Scope-OrgID=...), or retry when every store answers (query: %s)", what, ue, query)
+	case err != nil:
+		return nil, fmt.Errorf("pre-flight: query Prometheus for %s: %w; it must answer before a stage is applied (check --prometheus-url)", what, err)
+	}
+	return vec, nil
 }
 
 // precheckProbes makes every probe once before the change. A probe that
@@ -231,6 +342,9 @@ func (r *run) precheckProbes(ctx context.Context) error {
 		return nil
 	}
 	within := min(r.o.ProbeWithin, 10*time.Second)
+	if err := r.probing(ctx, len(r.stage.Probes), within, 0); err != nil {
+		return err
+	}
 	for _, p := range r.stage.Probes {
 		want := func(o probe.Observation) bool { return probe.Satisfied(p.Expect, o) }
 		what := fmt.Sprintf("HTTP %d", p.Expect.Status)
@@ -243,15 +357,31 @@ func (r *run) precheckProbes(ctx context.Context) error {
 			return refusef("probe %s cannot reach its target now (expected %s, got %s); re-run plan", p.Name, what, res.Observed)
 		}
 	}
-	// Recorded after the probes, so the next pre-flight's plaintext check
-	// starts after the last of our own plaintext requests, whatever the
-	// scrape interval; a crash before this write only makes that check
-	// stricter (it would see our probes and refuse), never laxer.
+	return r.markProbed(ctx, r.d.Clock.Now())
+}
+
+// markProbed records, for the namespace, the moment after which the tool
+// sends no more plaintext probes of its own: the next pre-flight's
+// plaintext check starts after it, so the tool's probes (plaintext requests
+// from outside the mesh, recorded like any client's) are not taken for a
+// client STRICT would cut off.
+func (r *run) markProbed(ctx context.Context, at time.Time) error {
 	return r.d.Store.Update(ctx, func(s *state.State) error {
 		if s.ProbedAt == nil {
 			s.ProbedAt = map[string]time.Time{}
 		}
-		s.ProbedAt[r.stage.Namespace] = r.d.Clock.Now().UTC()
+		s.ProbedAt[r.ref.Namespace] = at.UTC()
 		return nil
 	})
+}
+
+// probing marks, before n probes that may each retry for within, the
+// latest moment they can still be sent. A run killed among its probes then
+// leaves a mark past them: otherwise the next pre-flight (and every one
+// after, back to the plan) would see the dead run's probes as a plaintext
+// client and refuse, a dead end only a new plan would leave. The mark is
+// moved back to the real end when the probes finish.
+func (r *run) probing(ctx context.Context, n int, within, extra time.Duration) error {
+	per := within + r.d.Prober.Timeout + time.Second
+	return r.markProbed(ctx, r.d.Clock.Now().Add(time.Duration(n)*per+extra))
 }

@@ -54,6 +54,9 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		}
 	}
 	r.note(fmt.Sprintf("a previous run left stage %d (%s) %s since %s (by %s); resuming", ss.Number, ss.Namespace, ss.Phase, ss.StartedAt.UTC().Format("2006-01-02T15:04:05Z"), orUnknown(ss.AppliedBy)))
+	if err := r.takeOver(ctx, ss); err != nil {
+		return r.res, err
+	}
 
 	if ss.Phase == state.RollingBack {
 		return r.res, r.fail(ctx, "finishing the rollback a previous run started: "+ss.Reason, nil)
@@ -67,6 +70,10 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	live, err := r.liveTarget(ctx, ss)
 	if err != nil {
 		return r.res, r.fail(ctx, "could not read the target PeerAuthentication: "+err.Error(), err)
+	}
+	alsoLive, err := r.alsoLive(ctx, ss)
+	if err != nil {
+		return r.res, r.fail(ctx, "could not read the other namespace-wide PeerAuthentications the stage writes: "+err.Error(), err)
 	}
 	if live == nil || string(live.Spec.GetMtls().GetMode().String()) != ss.Target.Mode {
 		// The change is not live: either the apply never happened, or
@@ -82,6 +89,14 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		}
 		r.res.Outcome = OutcomePending
 		return r.res, nil
+	}
+
+	if !alsoLive {
+		// The policy Istio uses changed but not every other namespace-wide
+		// one did: finishing the write would need the plan's view of
+		// objects a dead run was writing; undoing it needs only the
+		// snapshot.
+		return r.res, r.fail(ctx, "the previous run died before it had written every namespace-wide policy of the stage", nil)
 	}
 
 	// The change is live: verify it as a fresh run would, against the
@@ -107,6 +122,8 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	if r.pods, err = health.NewPodCheck(ctx, d.Kube, ss.Namespace); err != nil {
 		return r.res, r.fail(ctx, "resume: "+err.Error(), err)
 	}
+	r.applied, r.appliedAt = live, ss.StartedAt
+	r.record.Target.UID, r.record.Target.ResourceVersion = string(live.UID), live.ResourceVersion
 	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d: resuming the verification a previous run left %s", ss.Number, ss.Phase))
 	if err := r.setPhase(ctx, state.Applying, "resumed after the previous run died", func(st *state.StageState) {
 		st.Target.UID = string(live.UID)
@@ -139,6 +156,24 @@ func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1
 	return pa, nil
 }
 
+// alsoLive reports whether every other namespace-wide policy the stage
+// writes has the stage's mode (and, where the apply recorded one, its UID).
+func (r *run) alsoLive(ctx context.Context, ss *state.StageState) (bool, error) {
+	for _, t := range ss.AlsoTargets {
+		pa, err := peerauth.Get(ctx, r.d.Istio, ss.Namespace, t.Name)
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if (t.UID != "" && string(pa.UID) != t.UID) || pa.Spec.GetMtls().GetMode().String() != t.Mode {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 func anyChanged(reps []rollback.StageReport) bool {
 	for _, rep := range reps {
 		if rep.Changed {
@@ -152,4 +187,29 @@ func anyChanged(reps []rollback.StageReport) bool {
 func IsRolledBack(err error) bool {
 	var rb *RolledBackError
 	return errors.As(err, &rb)
+}
+
+// takeOver makes this run the stage's owner (the caller holds the lock the
+// dead run lost): from here on, a write from the previous run is fenced
+// off. It is a compare-and-set on the phase and owner the resume was
+// decided from.
+func (r *run) takeOver(ctx context.Context, seen *state.StageState) error {
+	err := r.d.Store.Update(ctx, func(s *state.State) error {
+		p := s.Plan(r.ref.Digest)
+		if p == nil || p.Stage(r.ref.Number) == nil {
+			return errors.New("the stage vanished from the migration state")
+		}
+		st := p.Stage(r.ref.Number)
+		if err := st.Fence(seen.Owner, seen.Phase); err != nil {
+			return err
+		}
+		st.Owner = r.o.RunID
+		r.record = st.DeepCopy()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("resume: take the stage over: %w", err)
+	}
+	r.phase = seen.Phase
+	return nil
 }

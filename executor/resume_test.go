@@ -11,6 +11,9 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
 
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
+
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 )
 
@@ -50,6 +53,13 @@ func (w dyingWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationA
 		return nil, errDead
 	}
 	return w.PolicyWriter.Apply(ctx, cfg, dry)
+}
+
+func (w dyingWriter) Create(ctx context.Context, pa *securityv1.PeerAuthentication, dry bool) (*securityv1.PeerAuthentication, error) {
+	if w.s.dead {
+		return nil, errDead
+	}
+	return w.PolicyWriter.Create(ctx, pa, dry)
 }
 
 func crashAt(phase state.Phase, applied bool) func(*state.StageState) bool {
@@ -99,6 +109,15 @@ func TestResumeAfterACrashNeverLeavesTheChangeUnverified(t *testing.T) {
 				e.prom = failingSuccessGateAfter(t0.Add(20 * time.Second))
 			}
 			ds := &dyingStore{Store: e.store, dieAfter: tt.crash}
+			// A killed process reaches nothing: after the crash point every
+			// API call of the first run fails too (its rollback included).
+			firstRun := true
+			e.istio.PrependReactor("*", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
+				if ds.dead && firstRun {
+					return true, nil, errDead
+				}
+				return false, nil, nil
+			})
 			_, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), func(d *Deps, _ *Options) {
 				d.Store = ds
 				d.Writer = dyingWriter{PolicyWriter: d.Writer, s: ds}
@@ -110,6 +129,7 @@ func TestResumeAfterACrashNeverLeavesTheChangeUnverified(t *testing.T) {
 				t.Fatalf("after the crash the stage is %s", e.phase())
 			}
 			// The next run: a healthy (or the given) Prometheus, a fresh clock.
+			firstRun = false
 			e.prom = healthyProm
 			if tt.resumeProm != nil {
 				e.prom = tt.resumeProm

@@ -38,17 +38,32 @@ type scriptedWriter struct {
 	before func()
 }
 
-func (w *scriptedWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dry bool) (*securityv1.PeerAuthentication, error) {
+// call runs before and returns the next scripted error, if any.
+func (w *scriptedWriter) call() error {
 	w.calls++
 	if w.before != nil {
 		w.before()
 	}
-	if len(w.errs) > 0 {
-		err := w.errs[0]
-		w.errs = w.errs[1:]
+	if len(w.errs) == 0 {
+		return nil
+	}
+	err := w.errs[0]
+	w.errs = w.errs[1:]
+	return err
+}
+
+func (w *scriptedWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dry bool) (*securityv1.PeerAuthentication, error) {
+	if err := w.call(); err != nil {
 		return nil, err
 	}
 	return w.inner.Apply(ctx, cfg, dry)
+}
+
+func (w *scriptedWriter) Create(ctx context.Context, pa *securityv1.PeerAuthentication, dry bool) (*securityv1.PeerAuthentication, error) {
+	if err := w.call(); err != nil {
+		return nil, err
+	}
+	return w.inner.Create(ctx, pa, dry)
 }
 
 func TestTransientAPIErrorsAreRetried(t *testing.T) {
@@ -165,4 +180,39 @@ type applyFunc func(context.Context, *applyv1.PeerAuthenticationApplyConfigurati
 
 func (f applyFunc) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dry bool) (*securityv1.PeerAuthentication, error) {
 	return f(ctx, cfg, dry)
+}
+
+func (f applyFunc) Create(context.Context, *securityv1.PeerAuthentication, bool) (*securityv1.PeerAuthentication, error) {
+	return nil, errors.New("this test's stage patches an existing policy")
+}
+
+// TestCreateNeverAdoptsAPolicySomeoneElseCreated: the stage creates its
+// policy; someone creates that name between the snapshot and the apply. The
+// stage must not take their object over (a rollback would delete it).
+func TestCreateNeverAdoptsAPolicySomeoneElseCreated(t *testing.T) {
+	instantRetries(t)
+	e := newEnv(t, false)
+	theirs := &securityv1.PeerAuthentication{
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "cart", UID: "uid-theirs", Labels: map[string]string{"team": "cart"}},
+		Spec:       apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{Mode: apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE}},
+	}
+	w := &scriptedWriter{inner: &fakeWriter{e: e}}
+	w.before = func() {
+		if w.calls == 1 {
+			if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), theirs, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, err, _ := e.run(testPlan(false, policyDigest()), func(d *Deps, _ *Options) { d.Writer = w })
+	if !IsRefused(err) || !strings.Contains(err.Error(), "does not adopt it") {
+		t.Fatalf("err = %v, want a refusal that does not adopt", err)
+	}
+	pa := e.policy()
+	if pa.UID != "uid-theirs" || pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE || pa.Labels["app.kubernetes.io/managed-by"] != "" {
+		t.Fatalf("their policy was changed: %+v", pa)
+	}
+	if ph := e.phase(); ph != state.Pending {
+		t.Fatalf("phase %s, want pending", ph)
+	}
 }

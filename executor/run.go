@@ -2,7 +2,9 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -11,6 +13,7 @@ import (
 	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
@@ -31,11 +34,26 @@ type run struct {
 	stage *plans.Stage
 	res   *Result
 
-	live    []*securityv1.PeerAuthentication
-	target  *securityv1.PeerAuthentication // nil: the stage creates it
-	gates   []*health.PromGate             // the stage's gates with their baselines
+	live   []*securityv1.PeerAuthentication
+	target *securityv1.PeerAuthentication // nil: the stage creates it
+	// also are the other namespace-wide policies the stage writes (the
+	// plan's policy.alsoUpdates), as pre-flight read them.
+	also    []*securityv1.PeerAuthentication
+	gates   []*health.PromGate // the stage's gates with their baselines
 	pods    *health.PodCheck
 	changed bool // the apply may have reached the API server
+	// applied is the policy as the apply left it, and when: what "done"
+	// is checked against.
+	applied     *securityv1.PeerAuthentication
+	alsoApplied []*securityv1.PeerAuthentication
+	appliedAt   time.Time
+	// phase is what this run last wrote; fenced is set once a write found
+	// the stage taken over, and every later write is refused.
+	phase  state.Phase
+	fenced *state.FencedError
+	// record is the stage's state as this run wrote it: a rollback still
+	// has the snapshot if the state's ConfigMap is gone.
+	record *state.StageState
 }
 
 // rollbackTimeout bounds the rollback after an interruption, when the run's
@@ -93,7 +111,11 @@ func (r *run) execute(ctx context.Context) error {
 	}
 	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d of plan %s: applying mTLS %s", r.stage.Number, r.o.Plan.Metadata.Name, r.stage.TargetMode))
 
-	r.d.Progress.Step("apply", fmt.Sprintf("server-side apply of PeerAuthentication %s/%s mode %s", ns, r.stage.Policy.Metadata.Name, r.stage.TargetMode))
+	what := fmt.Sprintf("PeerAuthentication %s/%s", ns, r.stage.Policy.Metadata.Name)
+	if len(r.also) > 0 {
+		what = fmt.Sprintf("PeerAuthentications %s/%s and %s", ns, r.stage.Policy.Metadata.Name, strings.Join(r.stage.Policy.AlsoUpdates, ", "))
+	}
+	r.d.Progress.Step("apply", fmt.Sprintf("server-side apply of %s mode %s", what, r.stage.TargetMode))
 	if err := r.apply(ctx); err != nil {
 		if IsRefused(err) {
 			// Someone else changed the policy: nothing of ours landed.
@@ -131,6 +153,24 @@ func (r *run) verify(ctx context.Context) error {
 	if !out.Healthy {
 		return r.fail(ctx, out.Reason, nil)
 	}
+	// Done is never written from memory: the policy must still be what the
+	// apply left, and plaintext must still be refused.
+	r.d.Progress.Step("confirm", "re-reading the policy and re-probing before recording done")
+	if err := r.stillTrue(ctx); err != nil {
+		var nv *NotVerifiedError
+		if !errors.As(err, &nv) {
+			return r.fail(ctx, "could not confirm the stage before recording done: "+err.Error(), err)
+		}
+		r.res.Reason, r.res.Outcome = nv.Reason, OutcomeNotVerified
+		r.event(ctx, corev1.EventTypeWarning, events.StageFailed, fmt.Sprintf("stage %d: %s", r.stage.Number, nv.Reason))
+		if werr := r.setPhase(ctx, state.Failed, nv.Reason, nil); werr != nil {
+			return errors.Join(err, fmt.Errorf("and recording the stage as failed: %w", werr))
+		}
+		return err
+	}
+	if reason := r.reprobe(ctx); reason != "" {
+		return r.fail(ctx, reason, nil)
+	}
 	if err := r.setPhase(ctx, state.Done, "", func(st *state.StageState) { st.Gates = r.res.Gates }); err != nil {
 		return r.fail(ctx, "record done: "+err.Error(), err)
 	}
@@ -142,11 +182,24 @@ func (r *run) verify(ctx context.Context) error {
 
 func (r *run) dryRun(ctx context.Context) error {
 	r.d.Progress.Step("apply", "dry run: sending the change through the API server's validation; nothing is persisted and no state is written")
-	obj, err := r.d.Writer.Apply(ctx, r.applyConfig(), true)
+	var obj *securityv1.PeerAuthentication
+	var err error
+	if r.target == nil {
+		obj, err = r.d.Writer.Create(ctx, r.newPolicy(), true)
+	} else {
+		obj, err = r.d.Writer.Apply(ctx, r.applyConfig(), true)
+	}
 	if err != nil {
 		return fmt.Errorf("dry run of PeerAuthentication %s/%s: %w", r.stage.Namespace, r.stage.Policy.Metadata.Name, err)
 	}
 	r.res.Applied = appliedObject(obj)
+	for _, pa := range r.also {
+		obj, err := r.d.Writer.Apply(ctx, r.applyConfigFor(pa.Name, pa), true)
+		if err != nil {
+			return fmt.Errorf("dry run of PeerAuthentication %s/%s: %w", r.stage.Namespace, pa.Name, err)
+		}
+		r.res.AlsoApplied = append(r.res.AlsoApplied, appliedObject(obj))
+	}
 	r.res.Outcome = OutcomeDryRun
 	return nil
 }
@@ -155,20 +208,26 @@ func (r *run) stageAnnotation() string {
 	return fmt.Sprintf("%s/%d", r.o.Plan.Metadata.Name, r.stage.Number)
 }
 
-// afterConflict decides after a 409 on the apply. If the live object is
-// exactly what the stage writes (same UID, the snapshot's spec with the
-// target mode, our annotation), the write was ours and landed. Otherwise
-// someone else changed the policy after the snapshot: the stage is put
-// back to pending and refused, their change left alone.
+// ours reports whether live is exactly what the stage writes over snap (the
+// object as pre-flight read it): same UID, the snapshot's spec with the
+// target mode, our annotation.
+func (r *run) ours(live, snap *securityv1.PeerAuthentication) bool {
+	return snap != nil && live.UID == snap.UID &&
+		proto.Equal(&live.Spec, rollback.AppliedSpec(&snap.Spec, string(r.stage.TargetMode))) &&
+		live.Annotations[peerauth.StageAnnotation] == r.stageAnnotation()
+}
+
+// afterConflict decides after a 409 on the stage's first write. If the
+// live object is exactly what the stage writes, the write was ours and
+// landed. Otherwise someone else changed the policy after the snapshot:
+// the stage is put back to pending and refused, their change left alone.
 func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.PeerAuthentication, error) {
 	name := r.stage.Policy.Metadata.Name
 	live, err := peerauth.Get(ctx, r.d.Istio, r.stage.Namespace, name)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after a conflict (%w): %w", r.stage.Namespace, name, conflict, err)
 	}
-	if err == nil && r.target != nil && live.UID == r.target.UID &&
-		proto.Equal(&live.Spec, rollback.AppliedSpec(&r.target.Spec, string(r.stage.TargetMode))) &&
-		live.Annotations[peerauth.StageAnnotation] == r.stageAnnotation() {
+	if err == nil && r.ours(live, r.target) {
 		return live, nil
 	}
 	r.changed = false
@@ -179,13 +238,69 @@ func (r *run) afterConflict(ctx context.Context, conflict error) (*securityv1.Pe
 	return nil, &RefusedError{Reason: reason}
 }
 
-// applyConfig is what the stage server-side applies: on an object it
-// creates, the plan's labels plus the managed-by label; on a pre-existing
-// one only the mode and the stage annotation (its labels stay its owner's).
+// applyConfig is what the stage server-side applies to the policy Istio
+// will use (the plan's policy).
 func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
+	return r.applyConfigFor(r.stage.Policy.Metadata.Name, r.target)
+}
+
+// newPolicy is the policy the stage creates (the plan's labels plus the
+// managed-by label, the stage annotation, the target mode). It is created,
+// not applied: a create fails on an existing name, where server-side apply
+// would silently adopt someone else's object (and rollback would later
+// delete it).
+func (r *run) newPolicy() *securityv1.PeerAuthentication {
 	pol := r.stage.Policy
-	cfg := applyv1.PeerAuthentication(pol.Metadata.Name, pol.Metadata.Namespace)
-	if r.target == nil {
+	labels := map[string]string{}
+	for k, v := range pol.Metadata.Labels {
+		labels[k] = v
+	}
+	labels[peerauth.ManagedByLabel] = peerauth.ManagedByValue
+	return &securityv1.PeerAuthentication{
+		ObjectMeta: metav1.ObjectMeta{Name: pol.Metadata.Name, Namespace: pol.Metadata.Namespace, Labels: labels,
+			Annotations: map[string]string{peerauth.StageAnnotation: r.stageAnnotation()}},
+		Spec: apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{
+			Mode: apisecurity.PeerAuthentication_MutualTLS_Mode(apisecurity.PeerAuthentication_MutualTLS_Mode_value[string(r.stage.TargetMode)]),
+		}},
+	}
+}
+
+// afterAlreadyExists decides after the create found the name taken: our
+// own create whose answer was lost (our label, our stage annotation, the
+// target mode) is accepted; anything else is someone else's object, left
+// alone, and the stage goes back to pending, refused.
+func (r *run) afterAlreadyExists(ctx context.Context, exists error) (*securityv1.PeerAuthentication, error) {
+	name := r.stage.Policy.Metadata.Name
+	live, err := peerauth.Get(ctx, r.d.Istio, r.stage.Namespace, name)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("re-read PeerAuthentication %s/%s after the create found it (%w): %w", r.stage.Namespace, name, exists, err)
+	}
+	if err == nil && live.Labels[peerauth.ManagedByLabel] == peerauth.ManagedByValue &&
+		live.Annotations[peerauth.StageAnnotation] == r.stageAnnotation() &&
+		proto.Equal(&live.Spec, rollback.AppliedSpec(nil, string(r.stage.TargetMode))) {
+		return live, nil
+	}
+	r.changed = false
+	who := ""
+	if live != nil {
+		who = changedBy(live, time.Time{})
+	}
+	reason := fmt.Sprintf("PeerAuthentication %s/%s was created%s after the snapshot, by someone else: the stage does not adopt it (a rollback would delete their object); re-run plan", r.stage.Namespace, name, who)
+	if perr := r.setPhase(ctx, state.Pending, reason, nil); perr != nil {
+		return nil, fmt.Errorf("%s; and recording it in the state failed: %w", reason, perr)
+	}
+	return nil, &RefusedError{Reason: reason}
+}
+
+// applyConfigFor is what the stage server-side applies to the object name
+// (snap: as pre-flight read it, nil when the stage creates it): on an
+// object it creates, the plan's labels plus the managed-by label; on a
+// pre-existing one only the mode and the stage annotation (its labels stay
+// its owner's).
+func (r *run) applyConfigFor(name string, snap *securityv1.PeerAuthentication) *applyv1.PeerAuthenticationApplyConfiguration {
+	pol := r.stage.Policy
+	cfg := applyv1.PeerAuthentication(name, pol.Metadata.Namespace)
+	if snap == nil {
 		labels := map[string]string{}
 		for k, v := range pol.Metadata.Labels {
 			labels[k] = v
@@ -196,7 +311,7 @@ func (r *run) applyConfig() *applyv1.PeerAuthenticationApplyConfiguration {
 		cfg.WithAnnotations(map[string]string{peerauth.StageAnnotation: r.stageAnnotation()})
 		// Optimistic concurrency: the API server refuses (409) the apply if
 		// the object is no longer the version the snapshot holds.
-		cfg.WithResourceVersion(r.target.ResourceVersion)
+		cfg.WithResourceVersion(snap.ResourceVersion)
 	}
 	cfg.Spec = &apisecurity.PeerAuthentication{Mtls: &apisecurity.PeerAuthentication_MutualTLS{
 		Mode: apisecurity.PeerAuthentication_MutualTLS_Mode(apisecurity.PeerAuthentication_MutualTLS_Mode_value[string(r.stage.TargetMode)]),
@@ -221,12 +336,46 @@ func (r *run) baseline(ctx context.Context) error {
 		r.res.Baseline = append(r.res.Baseline, gv)
 		r.d.Progress.Step("baseline", "gate baseline", "gate", g.Name, "value", b.Value, "samples", b.Samples)
 	}
+	if err := r.checkNotBlind(); err != nil {
+		return err
+	}
 	pods, err := health.NewPodCheck(ctx, r.d.Kube, r.stage.Namespace)
 	if err != nil {
 		return fmt.Errorf("baseline: %w; nothing was changed", err)
 	}
 	r.pods = pods
 	return nil
+}
+
+// checkNotBlind refuses a stage none of whose gates could judge its own
+// baseline (each would be Inconclusive or an error: no samples, no value)
+// while the plan saw traffic: a soak would judge nothing and end "done".
+// Pre-flight's checkTelemetry already refuses when the Istio series are
+// missing; this catches the series being there with nothing in the gates'
+// window (traffic stopped since the plan, or the gates' own queries match
+// nothing). A gate that can judge without traffic (an absolute gate on the
+// application's own errors, `or vector(0)`) keeps the stage going.
+func (r *run) checkNotBlind() error {
+	ev := r.stage.Evidence
+	if len(r.gates) == 0 || ev.MTLSRequestRate+ev.PlaintextRequestRate+ev.MTLSConnectionRate+ev.PlaintextConnectionRate <= 0 {
+		return nil
+	}
+	why := make([]string, 0, len(r.gates))
+	for _, g := range r.gates {
+		b := g.Baseline
+		res := health.Evaluate(g.Gate, b, health.Measurement{Value: b.Value, Samples: b.Samples})
+		if res.Verdict == health.Successful || res.Verdict == health.Failed {
+			return nil
+		}
+		why = append(why, fmt.Sprintf("%s: %s", g.Gate.Name, res.Message))
+	}
+	where := fmt.Sprintf("namespace %q", r.stage.Namespace)
+	if r.stage.Scope == plans.ScopeMesh {
+		where = "the mesh"
+	}
+	return refusef("baseline: no gate of stage %d can judge %s before the change although the plan saw traffic there (%s); a soak would verify nothing, so nothing was changed: "+
+		"apply when there is traffic again, add a gate that can judge without it (e.g. the application's own error rate), or re-run plan if the traffic is gone for good",
+		r.stage.Number, where, strings.Join(why, "; "))
 }
 
 // snapshot re-reads the namespace's policies right before the change,
@@ -250,7 +399,7 @@ func (r *run) snapshot(ctx context.Context) error {
 		return err
 	}
 	now := r.d.Clock.Now()
-	return r.d.Store.Update(ctx, func(s *state.State) error {
+	err = r.d.Store.Update(ctx, func(s *state.State) error {
 		if err := checkNotInProgress(s, r.o.PlanDigest, r.stage.Number); err != nil {
 			return err
 		}
@@ -263,18 +412,40 @@ func (r *run) snapshot(ctx context.Context) error {
 		}
 		st.Snapshot = raw
 		st.Target = &state.Target{Name: r.stage.Policy.Metadata.Name, Created: r.target == nil, Mode: string(r.stage.TargetMode)}
+		for _, pa := range r.also {
+			st.AlsoTargets = append(st.AlsoTargets, state.Target{Name: pa.Name, Mode: string(r.stage.TargetMode)})
+		}
 		st.Baseline = r.res.Baseline
-		return st.Move(state.Applying, now, "")
+		st.Owner = r.o.RunID
+		if err := st.Move(state.Applying, now, ""); err != nil {
+			return err
+		}
+		r.record = st.DeepCopy()
+		return nil
 	})
+	if err == nil {
+		r.phase = state.Applying
+	}
+	return err
 }
 
 func (r *run) apply(ctx context.Context) error {
 	r.changed = true
 	var obj *securityv1.PeerAuthentication
 	err := kuberetry.Do(ctx, func() (err error) {
-		obj, err = r.d.Writer.Apply(ctx, r.applyConfig(), false)
+		if r.target == nil {
+			obj, err = r.d.Writer.Create(ctx, r.newPolicy(), false)
+		} else {
+			obj, err = r.d.Writer.Apply(ctx, r.applyConfig(), false)
+		}
 		return err
 	})
+	if apierrors.IsAlreadyExists(err) {
+		// Created with the precondition "must not exist": someone else
+		// created this name between the snapshot and now (or our own create
+		// landed and its answer was lost). Theirs is never adopted.
+		obj, err = r.afterAlreadyExists(ctx, err)
+	}
 	if apierrors.IsConflict(err) {
 		// The apply carries the snapshot's resourceVersion: a 409 means the
 		// object changed since. Re-read and decide again: our own write
@@ -289,14 +460,76 @@ func (r *run) apply(ctx context.Context) error {
 		return fmt.Errorf("the applied object has UID %s, not %s as snapshotted: it was recreated meanwhile", obj.UID, r.target.UID)
 	}
 	r.res.Applied = appliedObject(obj)
-	return r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
+	r.applied, r.appliedAt = obj, r.d.Clock.Now()
+	if r.record != nil && r.record.Target != nil {
+		r.record.Target.UID, r.record.Target.ResourceVersion = string(obj.UID), obj.ResourceVersion
+	}
+	if err := r.setPhase(ctx, state.Applying, "applied", func(st *state.StageState) {
 		st.Target.UID = string(obj.UID)
 		st.Target.ResourceVersion = obj.ResourceVersion
+	}); err != nil {
+		return err
+	}
+	// The namespace-wide policies Istio ignores today, each against its own
+	// snapshot version. The change is live already: a conflict here is an
+	// error the caller rolls back, not a refusal.
+	for i, pa := range r.also {
+		obj, err := r.applyAlso(ctx, pa)
+		if err != nil {
+			return err
+		}
+		r.res.AlsoApplied = append(r.res.AlsoApplied, appliedObject(obj))
+		r.alsoApplied = append(r.alsoApplied, obj)
+		if r.record != nil && i < len(r.record.AlsoTargets) {
+			r.record.AlsoTargets[i].UID, r.record.AlsoTargets[i].ResourceVersion = string(obj.UID), obj.ResourceVersion
+		}
+		if err := r.setPhase(ctx, state.Applying, "", func(st *state.StageState) {
+			if i < len(st.AlsoTargets) && st.AlsoTargets[i].Name == pa.Name {
+				st.AlsoTargets[i].UID = string(obj.UID)
+				st.AlsoTargets[i].ResourceVersion = obj.ResourceVersion
+			}
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyAlso writes one of the other namespace-wide policies.
+func (r *run) applyAlso(ctx context.Context, snap *securityv1.PeerAuthentication) (*securityv1.PeerAuthentication, error) {
+	var obj *securityv1.PeerAuthentication
+	err := kuberetry.Do(ctx, func() (err error) {
+		obj, err = r.d.Writer.Apply(ctx, r.applyConfigFor(snap.Name, snap), false)
+		return err
 	})
+	if apierrors.IsConflict(err) {
+		live, gerr := peerauth.Get(ctx, r.d.Istio, r.stage.Namespace, snap.Name)
+		if gerr == nil && r.ours(live, snap) {
+			return live, nil
+		}
+		return nil, fmt.Errorf("PeerAuthentication %s/%s changed after the snapshot (someone else wrote it: %w); not overwriting their change", r.stage.Namespace, snap.Name, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if obj.UID != snap.UID {
+		return nil, fmt.Errorf("the applied object %s/%s has UID %s, not %s as snapshotted: it was recreated meanwhile", r.stage.Namespace, snap.Name, obj.UID, snap.UID)
+	}
+	return obj, nil
 }
 
 // probes checks every probe after the change; it returns why one failed.
 func (r *run) probes(ctx context.Context) string {
+	// Until STRICT reaches the proxy a refusal probe is answered: those
+	// answers are plaintext requests too.
+	if err := r.probing(ctx, len(r.stage.Probes), r.o.ProbeWithin, 0); err != nil {
+		r.d.Progress.Step("probes", "could not mark the probes in the state: "+err.Error())
+	}
+	defer func() {
+		if err := r.markProbed(ctx, r.d.Clock.Now()); err != nil {
+			r.d.Progress.Step("probes", "could not mark the probes' end in the state: "+err.Error())
+		}
+	}()
 	for _, p := range r.stage.Probes {
 		res := r.d.Prober.Expect(ctx, p, r.o.ProbeWithin)
 		r.res.Probes = append(r.res.Probes, state.ProbeResult{Name: p.Name, OK: res.OK, Observed: res.Observed.String(), At: r.d.Clock.Now().UTC()})
@@ -318,6 +551,8 @@ func (r *run) promGate(g plans.Gate, b *health.Baseline) *health.PromGate {
 }
 
 func (r *run) soak(ctx context.Context, d time.Duration) health.Outcome {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	checks := []health.Check{r.pods}
 	for _, g := range r.gates {
 		checks = append(checks, g)
@@ -332,6 +567,9 @@ func (r *run) soak(ctx context.Context, d time.Duration) health.Outcome {
 			// a failed write is logged, not fatal: the verdict does not need it.
 			if err := r.setPhase(ctx, "", "", func(st *state.StageState) { st.Gates = r.res.Gates }); err != nil {
 				r.d.Progress.Step("soak", "could not record gate values: "+err.Error())
+				if r.fenced != nil {
+					stop(r.fenced) // taken over: soaking on would judge someone else's stage
+				}
 			}
 		},
 	}

@@ -16,6 +16,9 @@ import (
 // (field ownership, merge); the real one is a thin typed call.
 type PolicyWriter interface {
 	Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApplyConfiguration, dryRun bool) (*securityv1.PeerAuthentication, error)
+	// Create creates pa and fails with AlreadyExists when the name is
+	// taken: a policy the stage creates must not exist yet.
+	Create(ctx context.Context, pa *securityv1.PeerAuthentication, dryRun bool) (*securityv1.PeerAuthentication, error)
 }
 
 // SSAWriter applies through security.istio.io/v1 with the tool's field
@@ -32,4 +35,14 @@ func (w SSAWriter) Apply(ctx context.Context, cfg *applyv1.PeerAuthenticationApp
 		opts.DryRun = []string{metav1.DryRunAll}
 	}
 	return w.Client.SecurityV1().PeerAuthentications(*cfg.Namespace).Apply(ctx, cfg, opts)
+}
+
+// Create creates pa through security.istio.io/v1 with the tool's field
+// manager.
+func (w SSAWriter) Create(ctx context.Context, pa *securityv1.PeerAuthentication, dryRun bool) (*securityv1.PeerAuthentication, error) {
+	opts := metav1.CreateOptions{FieldManager: peerauth.FieldManager}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	return w.Client.SecurityV1().PeerAuthentications(pa.Namespace).Create(ctx, pa, opts)
 }

@@ -267,25 +267,32 @@ func orUnknown(s string) string {
 	return s
 }
 
-// policyFor is the PeerAuthentication a stage applies in ns: the
-// namespace-wide policy Istio uses today, changed in place, or a new
-// "default" (Istio keeps the oldest of two namespace-wide policies, so a
-// second one would be ignored: PeerAuthentication reference).
+// target is what a stage writes in ns (peerauth.DecideTarget, which
+// pre-flight runs again on the live objects: they agree by construction).
+func (e *env) target(ns string) peerauth.Target {
+	ps := make([]mtlsmode.Policy, 0, len(e.ix.PoliciesByNS[ns]))
+	for _, p := range e.ix.PoliciesByNS[ns] {
+		ps = append(ps, *p)
+	}
+	return peerauth.DecideTarget(ns, ps)
+}
+
+// after is the resolver as a stage moving ns to mode leaves it: the what-if
+// over exactly the objects the stage writes. The plan's modes, its
+// workload-policy risks and its probes all read it.
+func (e *env) after(ns string, mode plans.Mode) *mtlsmode.Resolver {
+	return e.target(ns).WhatIf(e.res, mode)
+}
+
+// policyFor is the PeerAuthentication a stage applies in ns, from its
+// target (see peerauth.DecideTarget), and the digest of the namespace's
+// policies the plan is made from.
 func (e *env) policyFor(ns string, mode plans.Mode) (plans.Policy, string) {
-	pol := plans.Policy{
-		APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind,
-		Metadata: plans.PolicyMetadata{Name: "default", Namespace: ns, Labels: map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue}},
-		Spec:     plans.PolicySpec{MTLS: plans.PolicyMTLS{Mode: mode}},
-	}
-	if cur := e.res.NamespacePolicy(ns); cur != nil {
-		pol.Metadata.Name = cur.Name
-		pol.UpdatesExisting = true
-	}
 	var ps []mtlsmode.Policy
 	for _, p := range e.ix.PoliciesByNS[ns] {
 		ps = append(ps, *p)
 	}
-	return pol, peerauth.DigestPolicies(ps)
+	return e.target(ns).Policy(mode), peerauth.DigestPolicies(ps)
 }
 
 // workload groups a namespace's running meshed pods by workload name.
@@ -316,6 +323,26 @@ func (e *env) workloads(ns string) []*workload {
 			}
 		}
 	}
+	// A Service's target port is a port of the workload even when the pod
+	// does not declare it (containerPort is informational): port-level
+	// settings and probes on it must agree.
+	for _, s := range e.ix.ServicesByNS[ns] {
+		for _, w := range out {
+			for _, p := range w.pods {
+				if !inventory.Selects(s.Selector, p.Labels) {
+					continue
+				}
+				for _, sp := range s.Ports {
+					if sp.Protocol != "" && sp.Protocol != "TCP" {
+						continue
+					}
+					if tp := uint32(targetPort(sp, p)); tp > 0 && !slices.Contains(w.ports, tp) {
+						w.ports = append(w.ports, tp)
+					}
+				}
+			}
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	for _, w := range out {
 		sort.Slice(w.pods, func(i, j int) bool { return w.pods[i].Name < w.pods[j].Name })
@@ -327,7 +354,7 @@ func (e *env) workloads(ns string) []*workload {
 // modeChanges records each workload (and port) whose effective mode before
 // or after the stage differs from the namespace's.
 func (e *env) modeChanges(ns string, target plans.Mode) []plans.ModeChange {
-	after := e.res.WithNamespaceMode(ns, target)
+	after := e.after(ns, target)
 	nsBefore := e.res.NamespaceMode(ns)
 	var out []plans.ModeChange
 	for _, w := range e.workloads(ns) {

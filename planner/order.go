@@ -75,6 +75,12 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 		Object:  plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: np.name},
 		Fix:     "after this stage, let traffic run for a telemetry window and re-run plan for the STRICT stage",
 	}}
+	if note := severalNamespacePolicies(e.target(np.name), plans.ModePermissive); note != "" {
+		st.Risks = append(st.Risks, plans.Risk{
+			Code: CodeExistingNamespacePolicy, Severity: plans.SeverityInfo, Message: note,
+			Object: plans.ObjectRef{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, Namespace: np.name, Name: st.Policy.Metadata.Name},
+		})
+	}
 	return st
 }
 
@@ -92,7 +98,7 @@ func (e *env) strictStage(np *nsPlan, pos, of int) plans.Stage {
 		// new plan anyway.
 		st.CurrentMode = plans.ModePermissive
 		st.PolicyDigest = ""
-		st.Policy.UpdatesExisting = true
+		st.Policy = e.target(np.name).Applied().Policy(plans.ModeStrict)
 	}
 	traffic := fmt.Sprintf("inbound %g/s from %d other namespace(s)", round(np.inboundRate), np.dependents)
 	switch np.status {

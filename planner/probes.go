@@ -59,10 +59,21 @@ func targetPort(sp inventory.ServicePort, p *inventory.Pod) int32 {
 
 // probes derives a stage's probes: for each HTTP port of each Service, a
 // plaintext request from the tool's own process (no sidecar) straight to a
-// running meshed pod, which STRICT must refuse; and requests through the
-// ingress gateway for the hosts it routes here, which must keep working.
+// running meshed pod; and requests through the ingress gateway for the
+// hosts it routes here, which must keep working. What a plaintext probe
+// expects comes from the same what-if as the plan's modes: a port STRICT
+// after the stage must refuse it; a port that stays PERMISSIVE or DISABLE
+// (a workload or port-level carve-out) must keep answering, as the gateway
+// probes expect, so the carve-out is verified too. A port that refuses
+// plaintext already before the stage gets none: the stage does not change
+// it, and its pre-check (an answer before the change) could never pass.
 // Pod IPs go stale: the executor checks each probe before the change.
 func (e *env) probes(ns string) (plaintext, gateway []plans.Probe) {
+	after := e.after(ns, plans.ModeStrict)
+	byName := map[string]*workload{}
+	for _, w := range e.workloads(ns) {
+		byName[w.name] = w
+	}
 	for _, s := range e.ix.ServicesByNS[ns] {
 		var pod *inventory.Pod
 		for _, p := range e.ix.PodsByNS[ns] {
@@ -70,22 +81,29 @@ func (e *env) probes(ns string) (plaintext, gateway []plans.Probe) {
 				pod = p
 			}
 		}
-		if pod == nil {
+		if pod == nil || byName[pod.Workload] == nil {
 			continue
 		}
+		mw := mtlsModeWorkload(ns, byName[pod.Workload])
+		before, afterEff := e.res.Effective(mw), after.Effective(mw)
 		for _, sp := range s.Ports {
 			if !httpish(sp) || (sp.Protocol != "" && sp.Protocol != "TCP") {
 				continue
 			}
 			tp := targetPort(sp, pod)
-			if tp == 0 || pod.Excluded(tp) {
+			if tp == 0 || pod.Excluded(tp) || before.PortMode(uint32(tp)) == plans.ModeStrict {
 				continue
 			}
-			plaintext = append(plaintext, plans.Probe{
+			pr := plans.Probe{
 				Name: fmt.Sprintf("plaintext-%s-%d", s.Name, sp.Port), Kind: plans.ProbeHTTP,
 				URL:    "http://" + net.JoinHostPort(pod.IP, strconv.Itoa(int(tp))) + "/",
 				Expect: plans.Expect{Refused: true},
-			})
+			}
+			if m := afterEff.PortMode(uint32(tp)); m != plans.ModeStrict {
+				pr.Name = fmt.Sprintf("plaintext-%s-%s-%d", strings.ToLower(string(m)), s.Name, sp.Port)
+				pr.Expect = plans.Expect{Status: 200}
+			}
+			plaintext = append(plaintext, pr)
 		}
 	}
 	seen := map[string]bool{}

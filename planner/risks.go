@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/gitops"
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/telemetry"
@@ -31,6 +32,8 @@ const (
 	CodeExistingNamespacePolicy = "EXISTING_NAMESPACE_POLICY"
 	CodeNamespacesNotReady      = "NAMESPACES_NOT_READY"
 	CodeNamespaceExcluded       = "NAMESPACE_EXCLUDED"
+	CodeAmbientNamespace        = "AMBIENT_NAMESPACE"
+	CodeGitOpsManaged           = "GITOPS_MANAGED"
 )
 
 type riskCheck func(e *env, ns string, np *nsPlan) []plans.Risk
@@ -54,6 +57,61 @@ var riskChecks = []riskCheck{
 	sidecarlessClient,
 	currentModeDisable,
 	existingNamespacePolicy,
+	ambientNamespace,
+	gitopsManaged,
+}
+
+// ambientNamespace: a namespace in Istio's ambient data plane. Its pods
+// have no sidecars but are captured by ztunnel, so the plan's evidence
+// (sidecar coverage, plaintext from sidecar-less clients, probes from the
+// tool's own process) does not mean what it means for sidecars, and the
+// tool cannot judge the stage. Never ready until ambient is supported.
+func ambientNamespace(e *env, ns string, _ *nsPlan) []plans.Risk {
+	n := e.ix.Namespaces[ns]
+	if n == nil || !n.Ambient() {
+		return nil
+	}
+	return []plans.Risk{{
+		Code: CodeAmbientNamespace, Severity: plans.SeverityReview,
+		Message: fmt.Sprintf("namespace %s is in Istio's ambient mode (istio.io/dataplane-mode=ambient): its pods are captured by ztunnel, not by sidecars; mtls-migrate reads sidecar telemetry and probes sidecars, so this plan's evidence, probes and gates do not apply to it", ns),
+		Object:  plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: ns},
+		Fix:     "migrate ambient namespaces by hand (PeerAuthentication STRICT is enforced by ztunnel; check ztunnel's and waypoints' metrics), or leave the namespace out of the plan with --exclude-namespaces",
+	}}
+}
+
+// gitopsManaged: the namespace-wide policy the stage changes in place, or
+// the namespace itself, is managed by Argo CD, Flux or Helm. Their
+// self-heal (or next sync, or upgrade) reverts what the tool writes, and
+// server-side apply with force takes the mode's field ownership away from
+// them, so the change belongs in the repository they sync from.
+func gitopsManaged(e *env, ns string, np *nsPlan) []plans.Risk {
+	var out []plans.Risk
+	if np.policy.UpdatesExisting {
+		for _, p := range e.ix.PoliciesByNS[ns] {
+			if p.Name != np.policy.Metadata.Name {
+				continue
+			}
+			if who := gitops.ManagedBy(p.Labels, p.Annotations, p.Managers); len(who) > 0 {
+				out = append(out, plans.Risk{
+					Code: CodeGitOpsManaged, Severity: plans.SeverityReview,
+					Message: fmt.Sprintf("PeerAuthentication %s/%s, which the stage changes in place, is managed by %s: its self-heal or next sync will revert the change, and the stage's server-side apply takes ownership of spec.mtls.mode away from it", ns, p.Name, strings.Join(who, ", ")),
+					Object:  plans.ObjectRef{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, Namespace: ns, Name: p.Name},
+					Fix:     "make the change (mode STRICT) in the repository the controller syncs from, and let it roll out; or stop it from managing this object before applying the stage",
+				})
+			}
+		}
+	}
+	if n := e.ix.Namespaces[ns]; n != nil {
+		if who := gitops.ManagedBy(n.Labels, n.Annotations, n.Managers); len(who) > 0 {
+			out = append(out, plans.Risk{
+				Code: CodeGitOpsManaged, Severity: plans.SeverityReview,
+				Message: fmt.Sprintf("namespace %s is managed by %s: a PeerAuthentication the tool creates there is not in the repository, and a prune or a later sync of its own policy can undo the stage", ns, strings.Join(who, ", ")),
+				Object:  plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: ns},
+				Fix:     "add the namespace's PeerAuthentication (mode STRICT) to the repository the controller syncs from, or make sure the controller will not prune or replace it",
+			})
+		}
+	}
+	return out
 }
 
 func (e *env) rate(total float64) float64 { return round(total / e.window.Seconds()) }
@@ -341,7 +399,7 @@ func sidecarMissing(e *env, ns string, np *nsPlan) []plans.Risk {
 // workloadPolicyOverride: a workload or port policy that keeps PERMISSIVE
 // or DISABLE after the namespace goes STRICT.
 func workloadPolicyOverride(e *env, ns string, _ *nsPlan) []plans.Risk {
-	after := e.res.WithNamespaceMode(ns, plans.ModeStrict)
+	after := e.after(ns, plans.ModeStrict)
 	var out []plans.Risk
 	for _, w := range e.workloads(ns) {
 		eff := after.Effective(mtlsModeWorkload(ns, w))
@@ -580,27 +638,37 @@ func currentModeDisable(e *env, ns string, np *nsPlan) []plans.Risk {
 
 // existingNamespacePolicy: a namespace-wide policy someone else made is
 // changed in place (Istio keeps the oldest of two, so adding one is not an
-// option); whoever owns it (GitOps) may revert the change.
+// option); whoever owns it (GitOps) may revert the change. With several
+// namespace-wide policies, the stage writes every one of them.
 func existingNamespacePolicy(e *env, ns string, _ *nsPlan) []plans.Risk {
-	var wide []string
-	for _, p := range e.res.Policies(ns) {
-		if p.NamespaceWide() {
-			wide = append(wide, p.Name)
-		}
-	}
 	cur := e.res.NamespacePolicy(ns)
-	if cur == nil || (cur.Labels[peerauth.ManagedByLabel] == peerauth.ManagedByValue && len(wide) == 1) {
+	t := e.target(ns)
+	if cur == nil || (cur.Labels[peerauth.ManagedByLabel] == peerauth.ManagedByValue && len(t.AlsoUpdates) == 0) {
 		return nil
 	}
-	msg := fmt.Sprintf("namespace-wide PeerAuthentication %s/%s (mode %s) was not made by mtls-migrate: the stage changes it in place, since a second namespace-wide policy would be ignored (Istio uses the oldest)", ns, cur.Name, cur.Mode)
+	var msg string
 	fix := "make sure its owner (GitOps, Helm) will not revert the change, or change it at the source"
-	if len(wide) > 1 {
-		msg += fmt.Sprintf("; the namespace has %d namespace-wide policies (%s) and Istio uses only the oldest", len(wide), strings.Join(wide, ", "))
-		fix = "delete all but " + cur.Name + " first (apply refuses while there are several), then re-run plan"
+	if cur.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
+		msg = fmt.Sprintf("namespace-wide PeerAuthentication %s/%s (mode %s) was not made by mtls-migrate: the stage changes it in place, since a second namespace-wide policy would be ignored (Istio uses the oldest)", ns, cur.Name, cur.Mode)
+	}
+	if note := severalNamespacePolicies(t, plans.ModeStrict); note != "" {
+		msg = strings.TrimPrefix(msg+"; "+note, "; ")
+		fix = "make sure the owners of these policies (GitOps, Helm) will not revert the change; deleting all but one afterwards is tidier, and not needed"
 	}
 	return []plans.Risk{{
 		Code: CodeExistingNamespacePolicy, Severity: plans.SeverityReview, Message: msg,
 		Object: plans.ObjectRef{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, Namespace: ns, Name: cur.Name},
 		Fix:    fix,
 	}}
+}
+
+// severalNamespacePolicies says what a stage does to a namespace with more
+// than one namespace-wide policy, "" for one or none.
+func severalNamespacePolicies(t peerauth.Target, mode plans.Mode) string {
+	if len(t.AlsoUpdates) == 0 {
+		return ""
+	}
+	n := len(t.AlsoUpdates) + 1
+	return fmt.Sprintf("namespace %s has %d namespace-wide policies; all %d are set to %s: Istio uses only the oldest, %s, and ignores %s, which the stage changes in place too so that deleting %s later cannot bring the old mode back; rollback restores each",
+		t.Namespace, n, n, mode, t.Name, strings.Join(t.AlsoUpdates, ", "), t.Name)
 }

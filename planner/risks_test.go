@@ -1,6 +1,7 @@
 package planner
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -110,6 +111,19 @@ func TestPlanRisks(t *testing.T) {
 		{"TestPlanReviewsNamespaceThatIsDisable", func() *world {
 			return orders().peerAuth("orders", "off", old, nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil)
 		}, CodeCurrentModeDisable, plans.SeverityReview, plans.StatusNeedsReview},
+		{"TestPlanReviewsAmbientNamespace", func() *world {
+			return orders().nsLabel("orders", "istio.io/dataplane-mode", "ambient")
+		}, CodeAmbientNamespace, plans.SeverityReview, plans.StatusNeedsReview},
+		{"TestPlanReviewsPolicyManagedByArgoCD", func() *world {
+			w := orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, nil)
+			pa := w.istio[len(w.istio)-1].(*securityv1.PeerAuthentication)
+			pa.Annotations = map[string]string{"argocd.argoproj.io/tracking-id": "shop:security.istio.io/PeerAuthentication:orders/default"}
+			pa.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "argocd-controller", Operation: metav1.ManagedFieldsOperationApply}}
+			return w
+		}, CodeGitOpsManaged, plans.SeverityReview, plans.StatusNeedsReview},
+		{"TestPlanReviewsNamespaceManagedByFlux", func() *world {
+			return orders().nsLabel("orders", "kustomize.toolkit.fluxcd.io/name", "apps")
+		}, CodeGitOpsManaged, plans.SeverityReview, plans.StatusNeedsReview},
 		{"TestPlanIgnoresOwnNamespacePolicy", func() *world {
 			return orders().peerAuth("orders", "default", old, nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue})
 		}, "", "", plans.StatusReady},
@@ -165,5 +179,27 @@ func TestPlanRecordsWorkloadModesBeforeAndAfter(t *testing.T) {
 	}
 	if hasRisk(st, CodeWorkloadPolicyOverride) == nil {
 		t.Errorf("port 8080 stays DISABLE: want WORKLOAD_POLICY_OVERRIDE, got %+v", st.Risks)
+	}
+}
+
+func TestPlanSetsEveryNamespaceWidePolicyAndSaysSo(t *testing.T) {
+	p := orders().
+		peerAuth("orders", "legacy-permissive", testNow.Add(-2*time.Hour), nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, nil).
+		peerAuth("orders", "team-permissive", testNow.Add(-time.Hour), nil, apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE, nil).
+		mustBuild(t)
+	st := stageOf(p, "orders")
+	if st.Policy.Metadata.Name != "legacy-permissive" || !st.Policy.UpdatesExisting || len(st.Policy.AlsoUpdates) != 1 || st.Policy.AlsoUpdates[0] != "team-permissive" {
+		t.Fatalf("policy = %+v, want the oldest updated and the other too", st.Policy)
+	}
+	r := hasRisk(st, CodeExistingNamespacePolicy)
+	if r == nil || !strings.Contains(r.Message, "namespace orders has 2 namespace-wide policies; all 2 are set to STRICT") {
+		t.Fatalf("risk = %+v, want the reviewer told that both are set", r)
+	}
+}
+
+func TestPlanNeverWritesIntoAWorkloadPolicyNamedDefault(t *testing.T) {
+	p := orders().peerAuth("orders", "default", testNow.Add(-time.Hour), map[string]string{"app": "orders"}, apisecurity.PeerAuthentication_MutualTLS_STRICT, nil).mustBuild(t)
+	if st := stageOf(p, "orders"); st.Policy.Metadata.Name != "mtls-migrate-default" || st.Policy.UpdatesExisting {
+		t.Fatalf("policy = %+v, want a new mtls-migrate-default", st.Policy)
 	}
 }

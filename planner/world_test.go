@@ -57,6 +57,19 @@ func (w *world) ns(name string, inject bool) *world {
 	return w
 }
 
+// nsLabel labels namespace name (added before with ns).
+func (w *world) nsLabel(name, key, value string) *world {
+	for _, o := range w.kube {
+		if n, ok := o.(*corev1.Namespace); ok && n.Name == name {
+			if n.Labels == nil {
+				n.Labels = map[string]string{}
+			}
+			n.Labels[key] = value
+		}
+	}
+	return w
+}
+
 type podOpt func(*corev1.Pod)
 
 func withAnnotation(k, v string) podOpt {

@@ -86,9 +86,13 @@ func TestLoadRejects(t *testing.T) {
 		{"wrong api version", "apiVersion: mtls-migrate.io/v1alpha1", "apiVersion: mtls-migrate.io/v9", 1, "apiVersion"},
 		{"expect both", "          refused: true\n      - name: gateway", "          refused: true\n          status: 200\n      - name: gateway", 63, "expect either status or refused"},
 		{"exec without pod", "        pod: default/testcurl\n", "", 70, "stages[0].probes[2].pod"},
+		{"exec with its own command", "        container: curl\n", "        container: curl\n        command: [sh, -c, 'cat /var/run/secrets/kubernetes.io/serviceaccount/token']\n", 75, "stages[0].probes[2].command: a custom command is not allowed"},
 		{"mesh stage not last", "    scope: mesh", "    scope: cluster", 88, "must be namespace or mesh"},
 		{"DISABLE straight to STRICT", "    currentMode: PERMISSIVE", "    currentMode: DISABLE", 21, "PERMISSIVE in its own stage first"},
 		{"not yaml", "kind: MigrationPlan", "kind: [MigrationPlan", 0, "did not find expected"},
+		{"alsoUpdates on a created policy", "      spec:\n        mtls:\n          mode: STRICT\n    probes", "      alsoUpdates: [legacy]\n      spec:\n        mtls:\n          mode: STRICT\n    probes", 55, "stages[0].policy.alsoUpdates: other namespace-wide policies exist only where"},
+		{"alsoUpdates names the policy itself", "      spec:\n        mtls:\n          mode: STRICT\n    probes", "      updatesExisting: true\n      alsoUpdates: [default]\n      spec:\n        mtls:\n          mode: STRICT\n    probes", 56, "stages[0].policy.alsoUpdates[0]: \"default\" is named twice"},
+		{"alsoUpdates invalid name", "      spec:\n        mtls:\n          mode: STRICT\n    probes", "      updatesExisting: true\n      alsoUpdates: [Not_A_Name]\n      spec:\n        mtls:\n          mode: STRICT\n    probes", 56, "stages[0].policy.alsoUpdates[0]: \"Not_A_Name\" is not a valid object name"},
 	}
 	base := string(loadValid(t))
 	for _, tc := range tests {

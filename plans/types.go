@@ -181,6 +181,12 @@ type Policy struct {
 	// that already exists (Istio keeps the oldest of two namespace-wide
 	// policies, so adding a second one would be ignored).
 	UpdatesExisting bool `yaml:"updatesExisting,omitempty" json:"updatesExisting,omitempty"`
+	// AlsoUpdates names the namespace's other namespace-wide policies,
+	// oldest first: Istio ignores them today (it uses the oldest, the one
+	// in metadata), and the stage sets them to the same mode in place, so
+	// deleting the oldest later cannot bring the old mode back. Rollback
+	// restores each of them.
+	AlsoUpdates []string `yaml:"alsoUpdates,omitempty" json:"alsoUpdates,omitempty"`
 }
 
 // PolicyMetadata is the subset of ObjectMeta the plan controls.

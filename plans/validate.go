@@ -174,6 +174,19 @@ func (v *validator) policy(field string, s *Stage) {
 	if pol.Spec.MTLS.Mode != s.TargetMode {
 		v.add(field+".spec.mtls.mode", "must equal the stage's targetMode %q, got %q", s.TargetMode, pol.Spec.MTLS.Mode)
 	}
+	if len(pol.AlsoUpdates) > 0 && !pol.UpdatesExisting {
+		v.add(field+".alsoUpdates", "other namespace-wide policies exist only where the stage updates the one Istio uses: set updatesExisting, or drop alsoUpdates")
+	}
+	seen := map[string]bool{pol.Metadata.Name: true}
+	for j, name := range pol.AlsoUpdates {
+		af := fmt.Sprintf("%s.alsoUpdates[%d]", field, j)
+		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+			v.add(af, "%q is not a valid object name: %s", name, strings.Join(errs, "; "))
+		} else if seen[name] {
+			v.add(af, "%q is named twice (metadata.name and alsoUpdates list each object once)", name)
+		}
+		seen[name] = true
+	}
 }
 
 func (v *validator) probe(field string, pr *Probe, names map[string]bool) {
@@ -192,10 +205,15 @@ func (v *validator) probe(field string, pr *Probe, names map[string]bool) {
 		if pr.Pod == "" {
 			v.add(field+".pod", "an exec probe needs the pod to run in (namespace/name)")
 		}
+		if len(pr.Command) > 0 {
+			// A plan is input from a file that drives a privileged Job: a
+			// command in it would run anything in any pod it names.
+			v.add(field+".command", "a custom command is not allowed: an exec probe runs curl on its url; remove command")
+		}
 	default:
 		v.add(field+".kind", "must be http or exec, got %q", pr.Kind)
 	}
-	if pr.URL == "" && !(pr.Kind == ProbeExec && len(pr.Command) > 0) {
+	if pr.URL == "" {
 		v.add(field+".url", "a probe needs a URL")
 	} else if pr.URL != "" {
 		v.httpURL(field+".url", pr.URL)

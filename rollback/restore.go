@@ -51,47 +51,65 @@ type Options struct {
 const maxAttempts = 5
 
 // Restore puts the namespace's PeerAuthentications back as the stage's
-// snapshot recorded them. It is idempotent: objects already as before are
-// reported unchanged. A write conflict (someone wrote in between) makes it
-// re-read and decide again, never overwrite.
+// snapshot recorded them: every object the stage wrote (its target, and
+// the other namespace-wide policies it set too), each deleted if the stage
+// created it or restored in place if it patched it. It is idempotent:
+// objects already as before are reported unchanged. A write conflict
+// (someone wrote in between) makes it re-read and decide again, never
+// overwrite. An object it cannot restore safely does not stop the others:
+// they are restored, and the errors are returned together.
 func Restore(ctx context.Context, c istio.Interface, st *state.StageState, o Options) ([]Action, error) {
-	if st.Target == nil {
+	targets := st.Targets()
+	if len(targets) == 0 {
 		return []Action{{Object: "-", Did: "nothing was applied in this stage"}}, nil
 	}
 	snap, err := Decode(st.Snapshot)
 	if err != nil {
 		return nil, fmt.Errorf("stage %d: %w", st.Number, err)
 	}
+	var acts []Action
+	var errs []error
+	for _, t := range targets {
+		a, err := restoreOne(ctx, c, st, t, snap, o)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		acts = append(acts, a)
+	}
+	return acts, errors.Join(errs...)
+}
+
+// restoreOne puts back one object the stage wrote.
+func restoreOne(ctx context.Context, c istio.Interface, st *state.StageState, t *state.Target, snap []*securityv1.PeerAuthentication, o Options) (Action, error) {
 	var before *securityv1.PeerAuthentication
 	for _, s := range snap {
-		if s.Name == st.Target.Name {
+		if s.Name == t.Name {
 			before = s
 		}
 	}
-	obj := fmt.Sprintf("PeerAuthentication %s/%s", st.Namespace, st.Target.Name)
-	if st.Target.Created && before != nil {
-		return nil, &ConflictError{Object: obj, Reason: "the state says the stage created it but the snapshot holds it: the state is inconsistent"}
+	obj := fmt.Sprintf("PeerAuthentication %s/%s", st.Namespace, t.Name)
+	if t.Created && before != nil {
+		return Action{}, &ConflictError{Object: obj, Reason: "the state says the stage created it but the snapshot holds it: the state is inconsistent"}
 	}
-	if !st.Target.Created && before == nil {
-		return nil, &ConflictError{Object: obj, Reason: "the state says the stage patched it but the snapshot does not hold it"}
+	if !t.Created && before == nil {
+		return Action{}, &ConflictError{Object: obj, Reason: "the state says the stage patched it but the snapshot does not hold it"}
 	}
 	for attempt := 1; ; attempt++ {
 		var a Action
-		if st.Target.Created {
-			a, err = restoreCreated(ctx, c, st, obj, o)
+		var err error
+		if t.Created {
+			a, err = restoreCreated(ctx, c, st.Namespace, t, obj, o)
 		} else {
-			a, err = restorePatched(ctx, c, st, before, obj, o)
+			a, err = restorePatched(ctx, c, st.Namespace, t, before, obj, o)
 		}
 		if apierrors.IsConflict(err) && attempt < maxAttempts {
 			continue
 		}
 		if apierrors.IsConflict(err) {
-			return nil, &ConflictError{Object: obj, Reason: fmt.Sprintf("it kept changing while being restored (%d attempts)", attempt)}
+			return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("it kept changing while being restored (%d attempts)", attempt)}
 		}
-		if err != nil {
-			return nil, err
-		}
-		return []Action{a}, nil
+		return a, err
 	}
 }
 
@@ -109,9 +127,13 @@ func dryRun(dry bool) []string {
 	return nil
 }
 
-func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState, obj string, o Options) (Action, error) {
-	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := peerauth.Get(ctx, c, st.Namespace, st.Target.Name)
+func restoreCreated(ctx context.Context, c istio.Interface, ns string, t *state.Target, obj string, o Options) (Action, error) {
+	pas := c.SecurityV1().PeerAuthentications(ns)
+	var live *securityv1.PeerAuthentication
+	err := kuberetry.DoUntil(ctx, func() (err error) {
+		live, err = peerauth.Get(ctx, c, ns, t.Name)
+		return err
+	})
 	if apierrors.IsNotFound(err) {
 		return Action{Object: obj, Did: "already absent (it did not exist before the stage)"}, nil
 	}
@@ -121,17 +143,17 @@ func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState
 	if live.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
 		return Action{}, &ConflictError{Object: obj, Reason: "it lacks the label " + peerauth.ManagedByLabel + "=" + peerauth.ManagedByValue + ", so it is not the object the stage created"}
 	}
-	if st.Target.UID != "" && string(live.UID) != st.Target.UID {
-		return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("its UID is %s, not %s: it was deleted and created again by someone else", live.UID, st.Target.UID)}
+	if t.UID != "" && string(live.UID) != t.UID {
+		return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("its UID is %s, not %s: it was deleted and created again by someone else", live.UID, t.UID)}
 	}
-	if want := appliedSpec(nil, st.Target.Mode); !proto.Equal(&live.Spec, want) {
+	if want := appliedSpec(nil, t.Mode); !proto.Equal(&live.Spec, want) {
 		return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("its spec changed since the stage created it (now %s)", specString(&live.Spec))}
 	}
 	// Preconditions: the API server deletes only this UID at this version;
 	// anything newer is a conflict, and Restore re-reads and decides again.
 	uid, rv := live.UID, live.ResourceVersion
 	// A retried delete that had landed finds it absent (404, below).
-	err = kuberetry.Do(ctx, func() error {
+	err = kuberetry.DoUntil(ctx, func() error {
 		return pas.Delete(ctx, live.Name, metav1.DeleteOptions{
 			Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
 			DryRun:        dryRun(o.DryRun),
@@ -146,9 +168,13 @@ func restoreCreated(ctx context.Context, c istio.Interface, st *state.StageState
 	return Action{Object: obj, Did: verb(o.DryRun, "deleted (the stage created it)"), Changed: !o.DryRun, WouldChange: o.DryRun}, nil
 }
 
-func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState, before *securityv1.PeerAuthentication, obj string, o Options) (Action, error) {
-	pas := c.SecurityV1().PeerAuthentications(st.Namespace)
-	live, err := peerauth.Get(ctx, c, st.Namespace, before.Name)
+func restorePatched(ctx context.Context, c istio.Interface, ns string, t *state.Target, before *securityv1.PeerAuthentication, obj string, o Options) (Action, error) {
+	pas := c.SecurityV1().PeerAuthentications(ns)
+	var live *securityv1.PeerAuthentication
+	err := kuberetry.DoUntil(ctx, func() (err error) {
+		live, err = peerauth.Get(ctx, c, ns, before.Name)
+		return err
+	})
 	if apierrors.IsNotFound(err) {
 		return Action{}, &ConflictError{Object: obj, Reason: "it was deleted after the stage patched it; recreating it would give it a new creation time and change Istio's precedence"}
 	}
@@ -162,13 +188,17 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 		return Action{Object: obj, Did: "already as before the stage"}, nil
 	}
 	// Only what the stage wrote may differ from the snapshot: the mode and
-	// the stage annotation. Anything else is someone else's change.
+	// the stage annotation (which the snapshot may hold too: an earlier
+	// stage in the namespace, PERMISSIVE before STRICT, wrote its own).
+	// Anything else is someone else's change.
 	withoutOurs := maps.Clone(live.Annotations)
 	delete(withoutOurs, peerauth.StageAnnotation)
-	if !proto.Equal(&live.Spec, appliedSpec(&before.Spec, st.Target.Mode)) {
-		return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("its spec changed since the stage patched it (now %s, the stage wrote mode %s, before it was %s)", specString(&live.Spec), st.Target.Mode, specString(&before.Spec))}
+	beforeWithoutOurs := maps.Clone(before.Annotations)
+	delete(beforeWithoutOurs, peerauth.StageAnnotation)
+	if !proto.Equal(&live.Spec, appliedSpec(&before.Spec, t.Mode)) {
+		return Action{}, &ConflictError{Object: obj, Reason: fmt.Sprintf("its spec changed since the stage patched it (now %s, the stage wrote mode %s, before it was %s)", specString(&live.Spec), t.Mode, specString(&before.Spec))}
 	}
-	if !mapsEqual(live.Labels, before.Labels) || !mapsEqual(withoutOurs, before.Annotations) {
+	if !mapsEqual(live.Labels, before.Labels) || !mapsEqual(withoutOurs, beforeWithoutOurs) {
 		return Action{}, &ConflictError{Object: obj, Reason: "its labels or annotations changed since the stage patched it"}
 	}
 	restored := live.DeepCopy()
@@ -179,7 +209,7 @@ func restorePatched(ctx context.Context, c istio.Interface, st *state.StageState
 	// and Restore re-reads instead of overwriting it.
 	// 429/5xx/timeouts are retried; a retried update that had landed is a
 	// 409 (stale resourceVersion), re-read as "already as before".
-	err = kuberetry.Do(ctx, func() error {
+	err = kuberetry.DoUntil(ctx, func() error {
 		_, err := pas.Update(ctx, restored, metav1.UpdateOptions{FieldManager: peerauth.FieldManager, DryRun: dryRun(o.DryRun)})
 		return err
 	})

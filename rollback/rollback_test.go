@@ -2,7 +2,9 @@ package rollback
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,10 +12,12 @@ import (
 	apisecurity "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
@@ -227,4 +231,134 @@ func seedPhase(st *state.StageState, ph state.Phase, at time.Time, reason string
 	if ph == state.Done || ph == state.RolledBack || ph == state.Failed {
 		st.FinishedAt = at.UTC()
 	}
+}
+
+// TestRollbackAllGoesOnPastADeletedNamespace: `rollback --all` over stages
+// whose namespace was deleted since reports it and rolls the others back.
+func TestRollbackAllGoesOnPastADeletedNamespace(t *testing.T) {
+	ctx := context.Background()
+	c := istiofake.NewSimpleClientset(existing())
+	m, digest := applyStage(t, c, false)
+	// Stage 2 was in namespace "gone", deleted since (with its policies).
+	if err := m.Update(ctx, func(s *state.State) error {
+		st := s.Plan(digest).EnsureStage(2, "gone")
+		st.Target = &state.Target{Name: "default", Created: false, UID: "uid-gone", Mode: "STRICT"}
+		gone := existing()
+		gone.Namespace, gone.UID = "gone", "uid-gone"
+		raw, err := Encode([]*securityv1.PeerAuthentication{gone})
+		st.Snapshot = raw
+		seedPhase(st, state.Done, time.Now(), "")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kube := kubefake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cart"}})
+	r := &Runner{Istio: c, Kube: kube, Store: m}
+	s, _ := m.Load(ctx)
+	numbers, _ := AppliedStages(s, digest)
+	reps, err := r.Stages(ctx, digest, numbers, "all", Options{})
+	if err != nil {
+		t.Fatalf("rollback --all stopped: %v (%+v)", err, reps)
+	}
+	if len(reps) != 2 || reps[0].Number != 2 || !strings.Contains(reps[0].Note, `namespace "gone" no longer exists`) {
+		t.Fatalf("reports %+v", reps)
+	}
+	pa, _ := c.SecurityV1().PeerAuthentications("cart").Get(ctx, "default", metav1.GetOptions{})
+	if pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE {
+		t.Fatalf("stage 1 not rolled back: %s", pa.Spec.GetMtls().GetMode())
+	}
+	s, _ = m.Load(ctx)
+	if ph := s.Plan(digest).Stage(2).Phase; ph != state.RolledBack {
+		t.Fatalf("stage 2 is %s", ph)
+	}
+}
+
+// second is a younger namespace-wide policy, which Istio ignores.
+func second() *securityv1.PeerAuthentication {
+	pa := existing()
+	pa.Name, pa.UID, pa.CreationTimestamp = "team", "uid-team", metav1.NewTime(created.Add(time.Hour))
+	pa.Labels, pa.Annotations = map[string]string{"owner": "team"}, nil
+	return pa
+}
+
+func TestRollbackRestoresEveryNamespaceWidePolicyTheStageWrote(t *testing.T) {
+	ctx := context.Background()
+	c := istiofake.NewSimpleClientset(existing(), second())
+	store, digest := applyStage(t, c, false)
+	// The stage also set the ignored one to STRICT.
+	pas := c.SecurityV1().PeerAuthentications("cart")
+	live, _ := pas.Get(ctx, "team", metav1.GetOptions{})
+	live.Spec.Mtls.Mode = apisecurity.PeerAuthentication_MutualTLS_STRICT
+	live.Annotations = map[string]string{peerauth.StageAnnotation: "p/1"}
+	if _, err := pas.Update(ctx, live, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Update(ctx, func(s *state.State) error {
+		s.Plan(digest).Stage(1).AlsoTargets = []state.Target{{Name: "team", UID: "uid-team", Mode: "STRICT"}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := &Runner{Istio: c, Store: store}
+	reps, err := r.Stages(ctx, digest, []int{1}, "test", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reps[0].Actions) != 2 || !reps[0].Actions[0].Changed || !reps[0].Actions[1].Changed {
+		t.Fatalf("want both restored, got %+v", reps[0].Actions)
+	}
+	for _, want := range []*securityv1.PeerAuthentication{existing(), second()} {
+		got, _ := pas.Get(ctx, want.Name, metav1.GetOptions{})
+		if !proto.Equal(&got.Spec, &want.Spec) || !mapsEqual(got.Labels, want.Labels) || !mapsEqual(got.Annotations, want.Annotations) || got.UID != want.UID {
+			t.Errorf("%s not restored exactly: %+v", want.Name, got)
+		}
+	}
+}
+
+// A state document written before alsoTargets existed still rolls back.
+func TestRollbackOfAStateWithOnlyOneTarget(t *testing.T) {
+	ctx := context.Background()
+	c := istiofake.NewSimpleClientset(existing())
+	store, digest := applyStage(t, c, false)
+	s, _ := store.Load(ctx)
+	old := []byte(`{"number":1,"namespace":"cart","phase":"done","target":{"name":"default","created":false,"uid":"uid-old","mode":"STRICT"},"snapshot":` +
+		string(mustJSON(t, s.Plan(digest).Stage(1).Snapshot)) + `}`)
+	var st state.StageState
+	if err := json.Unmarshal(old, &st); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.Targets()); n != 1 {
+		t.Fatalf("targets of an old document: %d, want 1", n)
+	}
+	acts, err := Restore(ctx, c, &st, Options{})
+	if err != nil || len(acts) != 1 || !acts[0].Changed {
+		t.Fatalf("restore: %+v %v", acts, err)
+	}
+}
+
+// A namespace that was DISABLE gets PERMISSIVE then STRICT: the STRICT
+// stage's snapshot holds the PERMISSIVE stage's annotation, and its rollback
+// gives that back.
+func TestRollbackKeepsAnEarlierStagesAnnotation(t *testing.T) {
+	ctx := context.Background()
+	pa := existing()
+	pa.Annotations[peerauth.StageAnnotation] = "p/0"
+	c := istiofake.NewSimpleClientset(pa)
+	store, digest := applyStage(t, c, false)
+	if _, err := (&Runner{Istio: c, Store: store}).Stages(ctx, digest, []int{1}, "test", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	live, _ := c.SecurityV1().PeerAuthentications("cart").Get(ctx, "default", metav1.GetOptions{})
+	if live.Annotations[peerauth.StageAnnotation] != "p/0" || live.Spec.Mtls.Mode != apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE {
+		t.Fatalf("not restored: %+v", live)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
+	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/internal/window"
@@ -44,8 +46,12 @@ type applyOptions struct {
 	AllowedWindow        string
 	Replan               bool
 	LockTTL              time.Duration
+	PlanDigest           string
+	AllowExec            bool
 	// now is the clock of the window and the state's records; tests fix it.
 	now func() time.Time
+	// runID is the lock's identity once taken: the stage owner in the state.
+	runID string
 }
 
 func newApplyCmd(f *factory, runF func(*applyOptions) error) *cobra.Command {
@@ -75,6 +81,8 @@ the snapshot by itself and exits 3.`,
 	cmd.Flags().BoolVar(&o.Next, "next", false, "finish a stage a dead run left mid-way, or else apply the next pending stage; exit 0 when all are done")
 	cmd.Flags().StringVar(&o.AllowedWindow, "allowed-window", "", `with --next: start a stage only inside "DAYS HH:MM-HH:MM [ZONE]", e.g. "Mon-Fri 09:00-16:00 Europe/Berlin"; outside it exit 0 doing nothing`)
 	cmd.Flags().BoolVar(&o.Replan, "replan", false, "with --next: continue with a plan whose digest differs from the one in progress (says which stages changed)")
+	cmd.Flags().BoolVar(&o.AllowExec, "allow-exec-probes", false, "let the plan's exec probes run curl inside the pods they name (off: such a stage is refused)")
+	cmd.Flags().StringVar(&o.PlanDigest, "plan-digest", "", "refuse to run unless the plan's digest is this one (sha256:...): pins the reviewed plan, so a changed ConfigMap cannot make the Job run another")
 	cmd.Flags().DurationVar(&o.LockTTL, "lock-ttl", 2*time.Minute, "how long the run's lock (Lease mtls-migrate-lock) stays valid without renewal; renewed every third of it; a dead run's lock is taken over after it")
 	cmd.Flags().StringVar(&o.DryRun, "dry-run", "none", `"server" sends the change through the API server's validation without persisting it; "none" applies`)
 	cmd.Flags().DurationVar(&o.Soak, "soak", 0, "override the stage's soak time")
@@ -127,6 +135,9 @@ func (o *applyOptions) Validate() error {
 	if o.LockTTL < 3*time.Second {
 		return cli.Usagef("--lock-ttl must be at least 3s")
 	}
+	if o.PlanDigest != "" && !planDigestRE.MatchString(o.PlanDigest) {
+		return cli.Usagef("--plan-digest must be sha256: and 64 hex digits, as `mtls-migrate status --plan FILE -o json` shows it")
+	}
 	if o.StateNamespace == "" {
 		return cli.Usagef("--state-namespace must not be empty")
 	}
@@ -139,6 +150,16 @@ func (o *applyOptions) Validate() error {
 	return cli.ValidateOutput(o.Output)
 }
 
+var planDigestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// checkPinned refuses a plan whose digest is not the one --plan-digest pins.
+func (o *applyOptions) checkPinned(loaded *plansource.Loaded) error {
+	if o.PlanDigest == "" || loaded.Digest == o.PlanDigest {
+		return nil
+	}
+	return cli.Usagef("plan %s has digest %s, not %s as --plan-digest pins: it is not the reviewed plan; nothing was done", loaded.Source, loaded.Digest, o.PlanDigest)
+}
+
 // Run applies the stage (--stage) or the next one (--next).
 func (o *applyOptions) Run(cmd *cobra.Command) error {
 	ctx := cmd.Context()
@@ -147,6 +168,9 @@ func (o *applyOptions) Run(cmd *cobra.Command) error {
 	}
 	loaded, clients, err := o.f.loadPlan(ctx, o.PlanPath)
 	if err != nil {
+		return err
+	}
+	if err := o.checkPinned(loaded); err != nil {
 		return err
 	}
 	stage, err := loaded.Plan.Stage(o.Stage)
@@ -209,7 +233,7 @@ func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *pl
 	}
 	opts := executor.Options{
 		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,
-		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f),
+		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f), RunID: o.runID, AllowExec: o.AllowExec,
 		Settle: o.Settle, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
 	}
 	return d, opts, nil
@@ -221,6 +245,7 @@ func applyExitError(err error) error {
 		refused *executor.RefusedError
 		rolled  *executor.RolledBackError
 		failed  *executor.RollbackFailedError
+		notVer  *executor.NotVerifiedError
 		nsMiss  *state.NamespaceMissingError
 	)
 	switch {
@@ -230,6 +255,8 @@ func applyExitError(err error) error {
 		return cli.WithCode(cli.ExitUsage, err)
 	case errors.As(err, &failed):
 		return cli.WithCode(cli.ExitRollbackFailed, fmt.Errorf("%w; a person must look: `mtls-migrate rollback` retries, the snapshot is in the migration state", err))
+	case errors.As(err, &notVer):
+		return cli.WithCode(cli.ExitRollbackFailed, fmt.Errorf("%w; a person must look: `mtls-migrate status` shows the namespace's mode now", err))
 	case errors.As(err, &rolled):
 		return cli.WithCode(cli.ExitRolledBack, err)
 	}

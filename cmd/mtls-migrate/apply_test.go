@@ -30,6 +30,8 @@ func TestApplyFlags(t *testing.T) {
 		{[]string{"--plan", "p.yaml", "--stage", "1", "--dry-run", "client"}, cli.ExitUsage},
 		{[]string{"--plan", "p.yaml", "--stage", "1", "--max-consecutive-errors", "0"}, cli.ExitUsage},
 		{[]string{"--plan", "p.yaml", "--stage", "1", "--state-namespace", ""}, cli.ExitUsage},
+		{[]string{"--plan", "p.yaml", "--next", "--plan-digest", "sha256:" + strings.Repeat("a", 64)}, 0},
+		{[]string{"--plan", "p.yaml", "--next", "--plan-digest", "abc"}, cli.ExitUsage},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -107,6 +109,20 @@ func TestRollbackFlags(t *testing.T) {
 		cmd.SetErr(&bytes.Buffer{})
 		if err := cmd.Execute(); cli.Code(err) != tt.code {
 			t.Errorf("%v: exit %d (%v)", tt.args, cli.Code(err), err)
+		}
+	}
+}
+
+// TestPinnedDigestRefusesAnotherPlan: --plan-digest makes a changed plan
+// (another ConfigMap content) exit 2 before any cluster is contacted.
+func TestPinnedDigestRefusesAnotherPlan(t *testing.T) {
+	path := filepath.Join("..", "..", "plans", "testdata", "valid.yaml")
+	pinned := "sha256:" + strings.Repeat("0", 64)
+	for _, mode := range [][]string{{"--stage", "1"}, {"--next"}} {
+		args := append([]string{"apply", "--plan", path, "--plan-digest", pinned}, mode...)
+		out, err := runRoot(t, args...)
+		if cli.Code(err) != cli.ExitUsage || !strings.Contains(err.Error(), "not the reviewed plan") {
+			t.Fatalf("%v: exit %d: %v\n%s", mode, cli.Code(err), err, out)
 		}
 	}
 }

@@ -30,16 +30,27 @@ func runnerIdentity() string {
 	return host + "-" + hex.EncodeToString(b)
 }
 
-// acquireLock takes the Lease for the run and keeps it renewed; losing it
-// cancels the run (the executor then rolls the stage back from the state).
-func (o *applyOptions) acquireLock(ctx context.Context, clients *kube.Clients, say func(string)) (context.Context, func(), error) {
-	l, err := lock.Acquire(ctx, lock.Options{Client: clients.Kube, Namespace: o.StateNamespace, Identity: runnerIdentity(), TTL: o.LockTTL})
+// runLock is the run's hold on the Lease: its identity is the stage
+// owner every state write is fenced with.
+type runLock struct {
+	ctx      context.Context
+	release  func()
+	identity string
+}
+
+// takeLock takes the Lease for the run and keeps it renewed until release,
+// even while the run's own context is cancelled (a SIGTERM rollback must
+// not lose the lock mid-way); losing it cancels the run (the executor then
+// rolls the stage back from the state).
+func takeLock(ctx context.Context, clients *kube.Clients, namespace string, ttl time.Duration, say func(string)) (*runLock, error) {
+	id := runnerIdentity()
+	l, err := lock.Acquire(ctx, lock.Options{Client: clients.Kube, Namespace: namespace, Identity: id, TTL: ttl})
 	var held *lock.HeldError
 	if errors.As(err, &held) {
-		return nil, nil, cli.WithCode(cli.ExitLocked, err)
+		return nil, cli.WithCode(cli.ExitLocked, err)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if l.TookOver != "" {
 		say(fmt.Sprintf("took over the lock from %s, whose lease had expired (that run died)", l.TookOver))
@@ -54,7 +65,18 @@ func (o *applyOptions) acquireLock(ctx context.Context, clients *kube.Clients, s
 		}
 		cancel(nil)
 	}
-	return ctx, release, nil
+	return &runLock{ctx: ctx, release: release, identity: id}, nil
+}
+
+// acquireLock takes the run's lock and records its identity for the
+// executor's fencing.
+func (o *applyOptions) acquireLock(ctx context.Context, clients *kube.Clients, say func(string)) (context.Context, func(), error) {
+	rl, err := takeLock(ctx, clients, o.StateNamespace, o.LockTTL, say)
+	if err != nil {
+		return nil, nil, err
+	}
+	o.runID = rl.identity
+	return rl.ctx, rl.release, nil
 }
 
 // runNext is `apply --next`: the executor decides (window, resume, replan,
@@ -68,6 +90,9 @@ func (o *applyOptions) runNext(ctx context.Context) error {
 	}
 	loaded, clients, err := o.f.loadPlan(ctx, o.PlanPath)
 	if err != nil {
+		return err
+	}
+	if err := o.checkPinned(loaded); err != nil {
 		return err
 	}
 	if clients == nil {

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
+	"github.com/mtls-migrate/mtls-migrate/internal/promclient"
 	"github.com/mtls-migrate/mtls-migrate/planner"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -134,7 +135,7 @@ func (o *planOptions) Run(cmd *cobra.Command) error {
 		Options: planner.Options{
 			Name: o.Name, GateWindow: o.GateWindow, Soak: o.Soak,
 			Namespaces: o.Namespaces, ExcludeNamespaces: o.Exclude,
-			PrometheusURL: popts.URL, ClusterServer: server,
+			PrometheusURL: promclient.Redact(popts.URL), ClusterServer: server,
 			PrometheusTimeout: popts.Timeout, Log: log,
 		},
 	})

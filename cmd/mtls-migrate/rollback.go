@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,6 +23,8 @@ type rollbackOptions struct {
 	DryRun         string
 	StateNamespace string
 	Output         string
+	LockTTL        time.Duration
+	Preempt        bool
 }
 
 func newRollbackCmd(f *factory, runF func(*rollbackOptions) error) *cobra.Command {
@@ -33,7 +36,12 @@ func newRollbackCmd(f *factory, runF func(*rollbackOptions) error) *cobra.Comman
 the PeerAuthentications a stage changed: it deletes what the stage created and
 patches back in place the spec, labels and annotations of what it changed. It
 never overwrites a change someone else made since (exit 4: a person must look).
-A second run changes nothing and says so.`,
+A second run changes nothing and says so.
+
+It takes the run lock (Lease mtls-migrate-lock) like apply. While another run
+holds it (an apply soaking a stage) it refuses with exit 5, unless --preempt:
+then the rollback takes the stage over and the running apply stops at its
+next state write, leaving the rollback's result alone.`,
 		Example: `  # Undo stage 3
   mtls-migrate rollback --plan plan.yaml --stage 3
 
@@ -48,6 +56,8 @@ A second run changes nothing and says so.`,
 	cmd.Flags().StringVar(&o.DryRun, "dry-run", "none", `"server" validates the restore without persisting it`)
 	cmd.Flags().StringVar(&o.StateNamespace, "state-namespace", state.DefaultNamespace, "namespace of the migration state ConfigMap")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.OutputTable, "output format: table, yaml or json")
+	cmd.Flags().DurationVar(&o.LockTTL, "lock-ttl", 2*time.Minute, "how long the run lock stays valid without renewal (as apply's)")
+	cmd.Flags().BoolVar(&o.Preempt, "preempt", false, "roll back even while another run holds the lock (an apply soaking the stage): that run stops and leaves the rollback alone")
 	return cmd
 }
 
@@ -67,6 +77,9 @@ func (o *rollbackOptions) Validate() error {
 	}
 	if o.StateNamespace == "" {
 		return cli.Usagef("--state-namespace must not be empty")
+	}
+	if o.LockTTL < 3*time.Second {
+		return cli.Usagef("--lock-ttl must be at least 3s")
 	}
 	return cli.ValidateOutput(o.Output)
 }
@@ -99,7 +112,26 @@ func (o *rollbackOptions) Run(cmd *cobra.Command) error {
 			return fmt.Errorf("plan %s: %w", o.PlanPath, err)
 		}
 	}
-	r := &rollback.Runner{Istio: clients.Istio, Store: store}
+	r := &rollback.Runner{Istio: clients.Istio, Kube: clients.Kube, Store: store, TakeOver: true}
+	if o.DryRun != "server" {
+		say := func(s string) { fmt.Fprintln(o.f.streams.ErrOut, s) }
+		rl, err := takeLock(ctx, clients, o.StateNamespace, o.LockTTL, say)
+		switch {
+		case err == nil:
+			defer rl.release()
+			ctx, r.Owner = rl.ctx, rl.identity
+		case o.Preempt && cli.Code(err) == cli.ExitLocked:
+			// The holder keeps its lock; fencing on the stage's owner is
+			// what makes it stop: the rollback owns the stage from
+			// rolling-back on.
+			say("preempting: " + err.Error())
+			r.Owner = runnerIdentity()
+		case cli.Code(err) == cli.ExitLocked:
+			return cli.WithCode(cli.ExitLocked, fmt.Errorf("%w; to roll back while it runs, pass --preempt (it then stops at its next state write)", err))
+		default:
+			return err
+		}
+	}
 	reports, rbErr := r.Stages(ctx, digest, numbers, "rollback requested", rollback.Options{DryRun: o.DryRun == "server"})
 	if errors.Is(rbErr, rollback.ErrNoRecord) {
 		return fmt.Errorf("plan %s: %w; nothing to roll back", o.PlanPath, rbErr)

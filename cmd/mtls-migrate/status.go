@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
+	"github.com/mtls-migrate/mtls-migrate/internal/promclient"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/status"
 )
@@ -88,7 +89,7 @@ func (o *statusOptions) Run(cmd *cobra.Command) error {
 		if err != nil {
 			return err
 		}
-		in.Prometheus, in.PrometheusURL, in.PrometheusTimeout = prom, popts.URL, popts.Timeout
+		in.Prometheus, in.PrometheusURL, in.PrometheusTimeout = prom, promclient.Redact(popts.URL), popts.Timeout
 	}
 	clients, err := o.f.kubeClients()
 	if err != nil {

@@ -2,8 +2,10 @@
 // Rollouts' analysis: a pure verdict function per measurement (Successful,
 // Failed, Inconclusive or Error), kept apart from the loop that takes the
 // measurements (Runner) and from where they come from (Prometheus queries,
-// the namespace's pods). "No data", NaN and an unreachable Prometheus are
-// never a pass: they are errors, and K consecutive errors fail the gate.
+// the namespace's pods). "No data", NaN, a warning (a partial answer), an
+// answer of another type and an unreachable Prometheus are never a pass:
+// they are errors, and K consecutive errors fail the gate; so do K
+// measurements with too few samples after a baseline that had enough.
 package health
 
 import (
@@ -24,7 +26,8 @@ const (
 	// relative gate without a baseline. Not a pass; see Tracker for when it
 	// becomes a failure.
 	Inconclusive Verdict = "Inconclusive"
-	// Error: the value could not be had (query error, no data, NaN).
+	// Error: the value could not be had (query error, warnings, an answer
+	// of another type, no data, NaN).
 	Error Verdict = "Error"
 )
 
@@ -136,18 +139,47 @@ func compare(c plans.Comparison, v, th float64) bool {
 // Tracker turns a gate's successive results into a decision. A Failed result
 // fails the gate at once (a degraded stage is rolled back at once); Error
 // fails it after MaxConsecutiveErrors in a row (a Successful or Failed
-// result resets the count; Inconclusive does not). Inconclusive alone never
-// fails a tick, but a gate that was Inconclusive for the whole soak while
-// its baseline had enough samples fails at the end: the requests it watched
-// vanished, which is what a STRICT cut-off of plaintext clients looks like.
+// result resets the count; Inconclusive does not).
+//
+// Too few samples is judged against the baseline, not on its own: minSamples
+// says when a value is too thin to compare, and a gate whose baseline had
+// enough samples (Baseline.Samples >= MinSamples) but whose measurement has
+// too few has lost the traffic it watches, which is what a STRICT cut-off
+// of a quiet namespace's clients looks like. Such a gate fails after
+// MaxConsecutiveErrors such ticks in a row, whatever came before (a gate
+// judged Successful once is not healthy forever), and fails at the end of
+// the soak if the soak ends in such a run. A Successful or Failed result
+// resets the run; an Error neither resets nor extends it. A gate whose
+// baseline had too few samples never had the evidence: Inconclusive alone
+// never fails it.
 type Tracker struct {
 	Gate                 plans.Gate
 	Baseline             *Baseline
 	MaxConsecutiveErrors int
 
 	consecutiveErrors int
+	starved           int  // consecutive ticks with too few samples, baseline having had enough
 	judged            bool // some result was Successful or Failed
 	Last              Result
+}
+
+func (t *Tracker) max() int {
+	if t.MaxConsecutiveErrors < 1 {
+		return 1
+	}
+	return t.MaxConsecutiveErrors
+}
+
+// baselineHadSamples reports whether the gate counts samples and its
+// baseline had enough of them to judge by.
+func (t *Tracker) baselineHadSamples() bool {
+	return t.Gate.MinSamples > 0 && t.Baseline != nil && !math.IsNaN(t.Baseline.Samples) && t.Baseline.Samples >= float64(t.Gate.MinSamples)
+}
+
+// tooFewSamples reports whether r is Inconclusive for lack of samples (no
+// samples at all, NaN, or fewer than MinSamples).
+func (t *Tracker) tooFewSamples(r Result) bool {
+	return r.Verdict == Inconclusive && t.Gate.MinSamples > 0 && (math.IsNaN(r.Samples) || r.Samples < float64(t.Gate.MinSamples))
 }
 
 // Observe records r and reports whether the gate has now failed, and why.
@@ -159,29 +191,42 @@ func (t *Tracker) Observe(r Result) (failed bool, reason string) {
 		return true, fmt.Sprintf("gate %s failed: %s", r.Gate, r.Message)
 	case Successful:
 		t.judged = true
-		t.consecutiveErrors = 0
+		t.consecutiveErrors, t.starved = 0, 0
 	case Error:
 		t.consecutiveErrors++
-		max := t.MaxConsecutiveErrors
-		if max < 1 {
-			max = 1
-		}
-		if t.consecutiveErrors >= max {
+		if t.consecutiveErrors >= t.max() {
 			return true, fmt.Sprintf("gate %s: %d consecutive errors: %s", r.Gate, t.consecutiveErrors, r.Message)
+		}
+	case Inconclusive:
+		if t.tooFewSamples(r) && t.baselineHadSamples() {
+			t.starved++
+			if t.starved >= t.max() {
+				return true, t.vanished(fmt.Sprintf("%d consecutive measurements", t.starved))
+			}
 		}
 	}
 	return false, ""
 }
 
+func (t *Tracker) vanished(when string) string {
+	return fmt.Sprintf("gate %s: not enough requests to judge in %s (%s), although the baseline had %.0f: the traffic it watches vanished",
+		t.Gate.Name, when, t.Last.Message, t.Baseline.Samples)
+}
+
 // Finish reports whether the gate fails at the end of the soak although no
-// single result failed it: Inconclusive throughout while the baseline had
-// enough requests to judge.
+// single result failed it: the soak ended in a run of measurements with too
+// few samples while the baseline had enough (the gate is blind to traffic
+// it saw before the change, so the stage cannot be called healthy by it),
+// or the gate was Inconclusive throughout while the baseline had enough.
 func (t *Tracker) Finish() (failed bool, reason string) {
-	if t.judged || t.Last.Verdict == "" {
+	if t.Last.Verdict == "" || !t.baselineHadSamples() {
 		return false, ""
 	}
-	if t.Gate.MinSamples > 0 && t.Baseline != nil && !math.IsNaN(t.Baseline.Samples) && t.Baseline.Samples >= float64(t.Gate.MinSamples) {
-		return true, fmt.Sprintf("gate %s: not enough requests to judge through the whole soak, although the baseline had %.0f: the traffic it watches vanished", t.Gate.Name, t.Baseline.Samples)
+	switch {
+	case t.starved > 0:
+		return true, t.vanished(fmt.Sprintf("the last %d measurement(s) of the soak", t.starved))
+	case !t.judged:
+		return true, t.vanished("the whole soak")
 	}
 	return false, ""
 }

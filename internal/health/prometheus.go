@@ -18,12 +18,16 @@ var ErrTooManySeries = errors.New("the query returns more than one series; a gat
 
 // QueryValue runs an instant query, bounded by timeout (0: ctx only), that
 // must return one number. An empty result is NaN with no error ("no data"
-// is for the caller to judge, and Evaluate never passes it).
+// is for the caller to judge, and Evaluate never passes it). Warnings (a
+// partial answer), no value at all, or a result that is neither a vector
+// nor a scalar are errors (*istiometrics.UnusableAnswerError): a gate
+// never judges by them.
 func QueryValue(ctx context.Context, q istiometrics.Querier, query string, ts time.Time, timeout time.Duration) (float64, error) {
-	// TODO(fail-closed): a warning (partial answer) is ignored here for now;
-	// the gate must not judge by it.
-	v, _, _, err := istiometrics.Instant(ctx, q, query, ts, timeout)
+	v, warns, _, err := istiometrics.Instant(ctx, q, query, ts, timeout)
 	if err != nil {
+		return math.NaN(), fmt.Errorf("prometheus query %q: %w", query, err)
+	}
+	if err := istiometrics.CheckWarnings(warns); err != nil {
 		return math.NaN(), fmt.Errorf("prometheus query %q: %w", query, err)
 	}
 	switch val := v.(type) {
@@ -37,10 +41,8 @@ func QueryValue(ctx context.Context, q istiometrics.Querier, query string, ts ti
 		return math.NaN(), fmt.Errorf("prometheus query %q: %w (got %d)", query, ErrTooManySeries, len(val))
 	case *model.Scalar:
 		return float64(val.Value), nil
-	case nil:
-		return math.NaN(), nil
 	}
-	return math.NaN(), fmt.Errorf("prometheus query %q: unexpected result type %s", query, v.Type())
+	return math.NaN(), fmt.Errorf("prometheus query %q: %w", query, &istiometrics.UnusableAnswerError{Got: istiometrics.TypeOf(v), Want: "an instant vector or a scalar"})
 }
 
 // Measure takes one measurement of a gate: its query and, when set, its

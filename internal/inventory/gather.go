@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -135,7 +136,7 @@ func listNamespaces(ctx context.Context, c Clients, inv *Inventory) error {
 		return err
 	}
 	for _, n := range l.Items {
-		inv.Namespaces = append(inv.Namespaces, Namespace{Name: n.Name, Labels: n.Labels})
+		inv.Namespaces = append(inv.Namespaces, Namespace{Name: n.Name, Labels: n.Labels, Annotations: n.Annotations, Managers: managers(n.ManagedFields)})
 	}
 	sort.Slice(inv.Namespaces, func(i, j int) bool { return inv.Namespaces[i].Name < inv.Namespaces[j].Name })
 	return nil
@@ -583,4 +584,16 @@ func listAggregated(ctx context.Context, c Clients, inv *Inventory) error {
 		}
 	}
 	return nil
+}
+
+// managers are the field managers of an object (who writes it), for telling
+// GitOps-managed objects apart.
+func managers(mfs []metav1.ManagedFieldsEntry) []string {
+	var out []string
+	for _, mf := range mfs {
+		if mf.Manager != "" && !slices.Contains(out, mf.Manager) {
+			out = append(out, mf.Manager)
+		}
+	}
+	return out
 }

@@ -39,11 +39,19 @@ type Inventory struct {
 	Warnings []string
 }
 
-// Namespace is one namespace and its labels.
+// Namespace is one namespace, its labels and annotations, and who writes it
+// (managedFields managers).
 type Namespace struct {
-	Name   string
-	Labels map[string]string
+	Name        string
+	Labels      map[string]string
+	Annotations map[string]string
+	Managers    []string
 }
+
+// Ambient reports whether the namespace is in Istio's ambient data plane
+// (istio.io/dataplane-mode=ambient): its pods are captured by ztunnel, not
+// by sidecars (https://istio.io/latest/docs/ambient/usage/add-workloads/).
+func (n Namespace) Ambient() bool { return n.Labels["istio.io/dataplane-mode"] == "ambient" }
 
 // InjectionEnabled reports whether sidecar injection is on for the
 // namespace (istio-injection=enabled or an istio.io/rev label).

@@ -9,6 +9,7 @@
 package istiometrics
 
 import (
+	"fmt"
 	"strings"
 )
 
@@ -167,4 +168,31 @@ func SourceToward(namespace string) string {
 // always reports connection_security_policy="unknown".
 func DestinationPlaintext(namespace string) string {
 	return Selector(ByDestination, NotMutualTLS, inNamespace(LabelDestinationWorkloadNamespace, namespace))
+}
+
+// IncreaseBy is the increase of counter metric over the last window (a
+// PromQL duration), summed by the grouping labels, of the series sel
+// selects. A series that appears inside the window is counted from its
+// first sample on: what its first scrape already holds is not in it (see
+// NewSeriesBy).
+func IncreaseBy(metric, sel, by, window string) string {
+	return fmt.Sprintf("sum by (%s) (increase(%s{%s}[%s]))", by, metric, sel, window)
+}
+
+// NewSeriesBy is, summed by the grouping labels, the last value of every
+// series of counter metric that sel selects which holds a positive count
+// within the last window but did not exist `absent` ago (a PromQL
+// duration, the offset of the instant it must have been absent at). Such a
+// series began after that instant, so its whole count is requests made
+// since: the part IncreaseBy cannot see (a client whose first scrape
+// already holds all its requests shows an increase of 0, or none at all).
+func NewSeriesBy(metric, sel, by, window, absent string) string {
+	return fmt.Sprintf("sum by (%s) ((last_over_time(%s{%s}[%s]) > 0) unless %s{%s} offset %s)", by, metric, sel, window, metric, sel, absent)
+}
+
+// SeriesCount counts the series of metric that sel selects now (an instant
+// query: the series scraped within Prometheus' lookback). Empty, not 0,
+// when there are none.
+func SeriesCount(metric, sel string) string {
+	return fmt.Sprintf("count(%s{%s})", metric, sel)
 }

@@ -45,6 +45,12 @@ func TestSelectorsNameTheNamespaceOrTheWholeMesh(t *testing.T) {
 		{"one of, escaped", OneOf(LabelReporter, []string{"source", "a.b"}), `reporter=~"source|a\\.b"`},
 		{"regex quoted, not escaped", Selector(NotRe(LabelResponseCode, "5.."), Re(LabelResponseFlags, ".*(UF|URX|UC).*")), `response_code!~"5..",response_flags=~".*(UF|URX|UC).*"`},
 		{"grouping", Grouping(LabelSourceWorkload, LabelSourceWorkloadNamespace), "source_workload, source_workload_namespace"},
+		{"increase by", IncreaseBy(RequestsTotal, DestinationPlaintext("cart"), Grouping(LabelSourceWorkload), "2h"),
+			`sum by (source_workload) (increase(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"}[2h]))`},
+		{"new series by", NewSeriesBy(RequestsTotal, DestinationPlaintext("cart"), Grouping(LabelSourceWorkload), "2h", "1h58m"),
+			`sum by (source_workload) ((last_over_time(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"}[2h]) > 0) unless istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"} offset 1h58m)`},
+		{"series count in a namespace", SeriesCount(TCPConnectionsOpened, Destination("cart")), `count(istio_tcp_connections_opened_total{reporter="destination",destination_workload_namespace="cart"})`},
+		{"series count mesh-wide", SeriesCount(RequestsTotal, Destination("")), `count(istio_requests_total{reporter="destination"})`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +115,58 @@ func TestQueriesApplyTheTimeoutAndReturnWarnings(t *testing.T) {
 			}
 			if !reflect.DeepEqual(warns, f.warns) || !reflect.DeepEqual(infos, f.infos) {
 				t.Errorf("warnings %v infos %v, want %v %v", warns, infos, f.warns, f.infos)
+			}
+		})
+	}
+}
+
+type answerQuerier struct {
+	v     model.Value
+	warns v1.Warnings
+	err   error
+}
+
+func (a answerQuerier) Query(context.Context, string, time.Time, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return a.v, a.warns, v1.Infos{"metric might not be a counter"}, a.err
+}
+
+func (a answerQuerier) QueryRange(context.Context, string, v1.Range, ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	return nil, nil, nil, errors.New("no range queries here")
+}
+
+// TestInstantVectorRefusesWarningsAndOtherTypes: a warning or a result that
+// is not a vector is an *UnusableAnswerError naming it; infos are not; a
+// query error passes through as is.
+func TestInstantVectorRefusesWarningsAndOtherTypes(t *testing.T) {
+	boom := errors.New("boom")
+	tests := []struct {
+		name     string
+		q        answerQuerier
+		unusable string // the *UnusableAnswerError's message; "" when none
+		err      error
+	}{
+		{"vector with infos only", answerQuerier{v: model.Vector{}}, "", nil},
+		{"warnings", answerQuerier{v: model.Vector{}, warns: v1.Warnings{"partial response"}}, "answered with warnings, so the answer may be partial: partial response", nil},
+		{"matrix", answerQuerier{v: model.Matrix{}}, "answered with a matrix, not an instant vector", nil},
+		{"scalar", answerQuerier{v: &model.Scalar{}}, "answered with a scalar, not an instant vector", nil},
+		{"no value", answerQuerier{}, "answered with no value, not an instant vector", nil},
+		{"query error", answerQuerier{err: boom}, "", boom},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := InstantVector(context.Background(), tt.q, "q", time.Time{}, 0)
+			var ue *UnusableAnswerError
+			switch {
+			case tt.unusable != "":
+				if !errors.As(err, &ue) || err.Error() != tt.unusable {
+					t.Fatalf("err = %v, want an UnusableAnswerError %q", err, tt.unusable)
+				}
+			case tt.err != nil:
+				if !errors.Is(err, tt.err) || errors.As(err, &ue) {
+					t.Fatalf("err = %v, want %v as is", err, tt.err)
+				}
+			case err != nil:
+				t.Fatalf("err = %v, want none", err)
 			}
 		})
 	}

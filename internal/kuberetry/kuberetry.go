@@ -47,3 +47,17 @@ func OnError(ctx context.Context, b wait.Backoff, fn func() error) error {
 		return ctx.Err() == nil && Retriable(err)
 	}, fn)
 }
+
+// DoUntil is Do for work that must not give up early (a rollback): when ctx
+// has a deadline, passing errors are retried until it, not for Default's few
+// seconds; without a deadline it is Do.
+func DoUntil(ctx context.Context, fn func() error) error {
+	if _, ok := ctx.Deadline(); !ok || Default.Duration <= 0 {
+		return Do(ctx, fn)
+	}
+	// Default's start and cap, with steps enough to reach any deadline a
+	// rollback is given (at the 5s cap, 2 minutes are about 25 steps).
+	b := Default
+	b.Steps = 1 << 16
+	return OnError(ctx, b, fn)
+}

@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	mmclock "github.com/mtls-migrate/mtls-migrate/internal/clock"
+
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 )
 
@@ -48,6 +50,8 @@ type Options struct {
 	// TTL is how long the Lease stays valid without renewal.
 	TTL time.Duration
 	Now func() time.Time
+	// Sleep waits d or until ctx is done (nil: real time).
+	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Lock is a held Lease.
@@ -69,6 +73,9 @@ func Acquire(ctx context.Context, o Options) (*Lock, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Sleep == nil {
+		o.Sleep = mmclock.Real{}.Sleep
 	}
 	if o.TTL < 3*time.Second {
 		return nil, fmt.Errorf("lock TTL %s is too short (at least 3s)", o.TTL)
@@ -131,9 +138,19 @@ func (l *Lock) tryAcquire(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read lock Lease %s: %w", l.where(), err)
 	}
-	expires := rec.RenewTime.Add(time.Duration(rec.LeaseDurationSeconds) * time.Second)
-	if rec.HolderIdentity != "" && rec.HolderIdentity != l.o.Identity && now.Before(expires) {
-		return l.held(rec)
+	if rec.HolderIdentity != "" && rec.HolderIdentity != l.o.Identity {
+		// By the holder's own clock it is alive: it is.
+		if now.Before(rec.RenewTime.Add(time.Duration(rec.LeaseDurationSeconds) * time.Second)) {
+			return l.held(rec)
+		}
+		// By the holder's clock it expired, but its clock is not ours (61s
+		// of skew would take over a live holder). As client-go's leader
+		// election does, trust only what this runner observes: the record
+		// must stay unchanged for a whole lease duration of our own clock.
+		if rec, err = l.observeUnchanged(ctx, rec); err != nil {
+			return err
+		}
+		now = l.o.Now()
 	}
 	transitions := rec.LeaderTransitions
 	if rec.HolderIdentity != l.o.Identity {
@@ -150,6 +167,33 @@ func (l *Lock) tryAcquire(ctx context.Context) error {
 		return fmt.Errorf("take lock Lease %s: %w", l.where(), err)
 	}
 	return nil
+}
+
+// observeUnchanged watches a Lease that looks expired until it has stayed
+// unchanged for its duration by the local clock (observed-time semantics,
+// k8s.io/client-go/tools/leaderelection: observedTime + leaseDuration). A
+// renewal or a new holder in the meantime means someone is alive: the lock
+// is held. It returns the record to take over.
+func (l *Lock) observeUnchanged(ctx context.Context, seen *resourcelock.LeaderElectionRecord) (*resourcelock.LeaderElectionRecord, error) {
+	observed := l.o.Now()
+	wait := time.Duration(seen.LeaseDurationSeconds) * time.Second
+	poll := max(wait/10, 200*time.Millisecond)
+	for l.o.Now().Sub(observed) < wait {
+		if err := l.o.Sleep(ctx, poll); err != nil {
+			return nil, fmt.Errorf("wait for the expired lock Lease %s to stay unrenewed: %w", l.where(), err)
+		}
+		rec, _, err := l.ll.Get(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read lock Lease %s: %w", l.where(), err)
+		}
+		if rec.HolderIdentity != seen.HolderIdentity || !rec.RenewTime.Equal(&seen.RenewTime) || rec.LeaderTransitions != seen.LeaderTransitions {
+			if rec.HolderIdentity == "" || rec.HolderIdentity == l.o.Identity {
+				return rec, nil // released meanwhile
+			}
+			return nil, l.held(rec)
+		}
+	}
+	return seen, nil
 }
 
 // Renew extends the Lease once. A conflict means someone else wrote it:
@@ -180,10 +224,13 @@ func (e *LostError) Error() string {
 	return fmt.Sprintf("lost the lock (Lease %s): now held by %s", e.Lease, e.Holder)
 }
 
-// KeepRenewed renews the Lease every TTL/3 until Release. When it cannot
-// renew before the Lease would expire (or someone else took it), it calls
-// onLost once: the caller must stop changing things.
+// KeepRenewed renews the Lease every TTL/3 until Release, whatever happens
+// to ctx: a run interrupted by SIGTERM still rolls back, and must hold the
+// lock until it is done. When it cannot renew before the Lease would expire
+// (or someone else took it), it calls onLost once: the caller must stop
+// changing things.
 func (l *Lock) KeepRenewed(ctx context.Context, onLost func(error)) {
+	ctx = context.WithoutCancel(ctx)
 	l.stop, l.done = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(l.done)
@@ -194,8 +241,6 @@ func (l *Lock) KeepRenewed(ctx context.Context, onLost func(error)) {
 		for {
 			select {
 			case <-l.stop:
-				return
-			case <-ctx.Done():
 				return
 			case <-t.C:
 			}

@@ -19,9 +19,13 @@ import (
 type clock struct{ now time.Time }
 
 func (c *clock) Now() time.Time { return c.now }
+func (c *clock) Sleep(_ context.Context, d time.Duration) error {
+	c.now = c.now.Add(d)
+	return nil
+}
 
 func opts(c *fake.Clientset, id string, clk *clock) Options {
-	return Options{Client: c, Namespace: "mtls-migrate", Identity: id, TTL: 60 * time.Second, Now: clk.Now}
+	return Options{Client: c, Namespace: "mtls-migrate", Identity: id, TTL: 60 * time.Second, Now: clk.Now, Sleep: clk.Sleep}
 }
 
 func TestSecondRunnerIsToldWhoHoldsTheLockAndSinceWhen(t *testing.T) {
@@ -136,5 +140,62 @@ func TestKeepRenewedReportsLossWhenRenewalsFail(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("loss not reported")
+	}
+}
+
+// TestLiveHolderWithASkewedClockIsNotTakenOver: the holder's clock runs 61s
+// behind ours, so its renewals look expired by our clock; it renews all the
+// same, and observed-time semantics see the record change: held, not taken.
+func TestLiveHolderWithASkewedClockIsNotTakenOver(t *testing.T) {
+	ctx := context.Background()
+	c := fake.NewClientset()
+	ours := &clock{now: time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)}
+	theirs := &clock{now: ours.now.Add(-61 * time.Second)}
+	holder, err := Acquire(ctx, opts(c, "skewed", theirs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The holder renews every 20s of (its) time; our Sleep advances both.
+	last := ours.now
+	o := opts(c, "job-b", ours)
+	o.Sleep = func(ctx context.Context, d time.Duration) error {
+		ours.now, theirs.now = ours.now.Add(d), theirs.now.Add(d)
+		if ours.now.Sub(last) >= 20*time.Second {
+			last = ours.now
+			if err := holder.Renew(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return nil
+	}
+	_, err = Acquire(ctx, o)
+	var held *HeldError
+	if !errors.As(err, &held) || held.Holder != "skewed" {
+		t.Fatalf("a live holder with a skewed clock was taken over: %v", err)
+	}
+}
+
+// TestRenewalGoesOnAfterTheRunsContextIsCancelled: a SIGTERM cancels the
+// run's context; the rollback that follows still holds the lock.
+func TestRenewalGoesOnAfterTheRunsContextIsCancelled(t *testing.T) {
+	c := fake.NewClientset()
+	l, err := Acquire(context.Background(), Options{Client: c, Namespace: "mtls-migrate", Identity: "a", TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var renewals atomic.Int32
+	c.PrependReactor("update", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
+		renewals.Add(1)
+		return false, nil, nil
+	})
+	l.KeepRenewed(ctx, func(err error) { t.Errorf("lost: %v", err) })
+	cancel()
+	time.Sleep(2500 * time.Millisecond) // TTL/3 = 1s: two renewals due
+	if n := renewals.Load(); n < 2 {
+		t.Fatalf("%d renewals after the cancel, want at least 2", n)
+	}
+	if err := l.Release(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

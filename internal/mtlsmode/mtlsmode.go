@@ -27,6 +27,7 @@
 package mtlsmode
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -51,6 +52,9 @@ type Policy struct {
 	Mode plans.Mode
 	// PortModes is spec.portLevelMtls, keyed by container port.
 	PortModes map[uint32]plans.Mode
+	// Managers are the object's managedFields managers (who writes it); not
+	// part of its precedence, nor of its digest.
+	Managers []string
 }
 
 // NamespaceWide reports whether the policy has no workload selector.
@@ -103,7 +107,7 @@ func NewResolver(rootNamespace string, policies []Policy) *Resolver {
 		r.byNS[p.Namespace] = append(r.byNS[p.Namespace], p)
 	}
 	for _, ps := range r.byNS {
-		sortOldestFirst(ps)
+		SortOldestFirst(ps)
 	}
 	return r
 }
@@ -111,9 +115,11 @@ func NewResolver(rootNamespace string, policies []Policy) *Resolver {
 // RootNamespace returns the root namespace the resolver was built with.
 func (r *Resolver) RootNamespace() string { return r.root }
 
-// sortOldestFirst orders as istiod does (creation time, then name) so the
-// first match at a level is the one Istio uses.
-func sortOldestFirst(ps []*Policy) {
+// SortOldestFirst orders one namespace's policies as istiod does, so the
+// first match at a level is the one Istio uses: creation time, then name
+// (sortConfigByCreationTime in pilot/pkg/model/config.go: "CreationTimestamp
+// is stored in seconds", so equal times are common and the name decides).
+func SortOldestFirst(ps []*Policy) {
 	sort.SliceStable(ps, func(i, j int) bool {
 		if !ps[i].CreationTimestamp.Equal(ps[j].CreationTimestamp) {
 			return ps[i].CreationTimestamp.Before(ps[j].CreationTimestamp)
@@ -219,28 +225,51 @@ func (r *Resolver) NamespaceMode(namespace string) plans.Mode {
 func set(m plans.Mode) bool { return m != "" && m != plans.ModeUnset }
 
 // WithNamespaceMode returns a resolver in which the namespace-wide policy of
-// namespace has the given mode: the namespace policy Istio uses today is
-// changed in place (the planner updates the existing one, never adds a
-// second), or a new "default" policy is added. For namespace == root
-// namespace this is the mesh-wide policy. The receiver is not modified, and
-// the result shares its index (cheap to make per namespace). What-ifs do not
-// stack: the result of WithNamespaceMode on a what-if resolver for another
-// namespace keeps only the newer change.
+// namespace has the given mode: every namespace-wide policy there is
+// changed in place (the one Istio uses and those it ignores), or, with none,
+// a new "default" policy is added. For namespace == root namespace this is
+// the mesh-wide policy. The planner asks peerauth.Target.WhatIf instead,
+// which names exactly the objects a stage writes; this is the same what-if
+// for a namespace where "default" is free.
 func (r *Resolver) WithNamespaceMode(namespace string, mode plans.Mode) *Resolver {
+	var update []string
+	for _, p := range r.Policies(namespace) {
+		if p.NamespaceWide() {
+			update = append(update, p.Name)
+		}
+	}
+	create := ""
+	if len(update) == 0 {
+		create = "default"
+	}
+	return r.WithWrites(namespace, mode, update, create)
+}
+
+// WithWrites returns a resolver in which the policies of namespace named in
+// update have the given mode (their spec.mtls.mode; port-level settings
+// stay), and, when create is not "", a new namespace-wide policy of that
+// name and mode is added as the namespace's youngest: what a stage that
+// writes those objects leaves. The receiver is not modified, and the result
+// shares its index (cheap to make per namespace). What-ifs do not stack: the
+// result of WithWrites on a what-if resolver for another namespace keeps only
+// the newer change.
+func (r *Resolver) WithWrites(namespace string, mode plans.Mode, update []string, create string) *Resolver {
 	out := &Resolver{root: r.root, byNS: r.byNS, overrideNS: namespace}
-	cur := r.NamespacePolicy(namespace)
 	ps := make([]*Policy, 0, len(r.Policies(namespace))+1)
 	for _, p := range r.Policies(namespace) {
-		if p == cur {
-			c := *p
-			c.Mode = mode
-			p = &c
+		for _, name := range update {
+			if p.Name == name {
+				c := *p
+				c.Mode = mode
+				p = &c
+				break
+			}
 		}
 		ps = append(ps, p)
 	}
-	if cur == nil {
+	if create != "" {
 		// A new policy is the youngest of its namespace.
-		ps = append(ps, &Policy{Namespace: namespace, Name: "default", Mode: mode, CreationTimestamp: time.Unix(1<<40, 0)})
+		ps = append(ps, &Policy{Namespace: namespace, Name: create, Mode: mode, CreationTimestamp: time.Unix(1<<40, 0)})
 	}
 	out.override = ps
 	return out
@@ -253,6 +282,11 @@ func FromV1(pa *securityv1.PeerAuthentication) Policy {
 		CreationTimestamp: pa.CreationTimestamp.Time.UTC(),
 		Labels:            pa.Labels, Annotations: pa.Annotations,
 		Mode: plans.ModeUnset,
+	}
+	for _, mf := range pa.ManagedFields {
+		if mf.Manager != "" && !slices.Contains(p.Managers, mf.Manager) {
+			p.Managers = append(p.Managers, mf.Manager)
+		}
 	}
 	if sel := pa.Spec.GetSelector(); sel != nil {
 		p.Selector = sel.GetMatchLabels()

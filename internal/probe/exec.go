@@ -49,10 +49,8 @@ func (p *Prober) execOnce(ctx context.Context, pr plans.Probe) Observation {
 	if a, b, ok := strings.Cut(pr.Pod, "/"); ok {
 		ns, pod = a, b
 	}
-	cmd := pr.Command
-	if len(cmd) == 0 {
-		cmd = CurlCommand(pr, p.Timeout)
-	}
+	// Only the default command: plans (validated) carry none of their own.
+	cmd := CurlCommand(pr, p.Timeout)
 	timeout := p.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
@@ -72,7 +70,7 @@ func (p *Prober) execOnce(ctx context.Context, pr plans.Probe) Observation {
 	if code == 0 && convErr == nil && status >= 100 && status <= 599 {
 		return Observation{Status: status}
 	}
-	return Observation{Err: fmt.Errorf("command exited %d with output %q", code, strings.TrimSpace(out))}
+	return Observation{Err: fmt.Errorf("command exited %d with output %q", code, clip(strings.TrimSpace(out), 80))}
 }
 
 // KubeExec runs commands through the pods/exec subresource, over WebSocket
@@ -101,14 +99,41 @@ func (k *KubeExec) Exec(ctx context.Context, namespace, pod, container string, c
 	if err != nil {
 		return "", 0, err
 	}
-	var stdout, stderr bytes.Buffer
-	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr})
+	// The answer is a status code: whatever a pod prints beyond a few KiB
+	// is not kept (it would end up in logs, events and the state).
+	stdout, stderr := &capped{max: maxExecOutput}, &capped{max: maxExecOutput}
+	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: stdout, Stderr: stderr})
 	var exitErr utilexec.CodeExitError
 	if errors.As(err, &exitErr) {
 		return stdout.String(), exitErr.Code, nil
 	}
 	if err != nil {
-		return stdout.String(), 0, fmt.Errorf("%w (stderr: %s)", err, strings.TrimSpace(stderr.String()))
+		return stdout.String(), 0, fmt.Errorf("%w (stderr: %s)", err, clip(strings.TrimSpace(stderr.String()), 200))
 	}
 	return stdout.String(), 0, nil
+}
+
+// maxExecOutput bounds what an exec probe keeps of a pod's output.
+const maxExecOutput = 4 << 10
+
+// capped is a writer that keeps the first max bytes and drops the rest
+// (never an error, so the stream is drained).
+type capped struct {
+	bytes.Buffer
+	max int
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := c.max - c.Len(); room > 0 {
+		c.Buffer.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// clip shortens s to n bytes for messages.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

@@ -184,3 +184,22 @@ func TestUntilRetriesUntilExpectationOrDeadline(t *testing.T) {
 		})
 	}
 }
+
+// TestExecOutputIsCapped: a pod that prints without end cannot fill memory,
+// logs or the state: the writer keeps maxExecOutput bytes and drains the
+// rest without an error.
+func TestExecOutputIsCapped(t *testing.T) {
+	c := &capped{max: maxExecOutput}
+	chunk := strings.Repeat("x", 1000)
+	for range 100 {
+		if n, err := c.Write([]byte(chunk)); n != len(chunk) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	if c.Len() != maxExecOutput {
+		t.Fatalf("kept %d bytes, want %d", c.Len(), maxExecOutput)
+	}
+	if got := clip(strings.Repeat("y", 500), 80); len(got) != 83 {
+		t.Fatalf("clip kept %d bytes", len(got))
+	}
+}

@@ -54,7 +54,7 @@ func (o Options) Validate() error {
 	}
 	u, err := url.Parse(o.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("--prometheus-url %q must be an http:// or https:// URL such as http://prometheus.istio-system:9090", o.URL)
+		return fmt.Errorf("--prometheus-url %q must be an http:// or https:// URL such as http://prometheus.istio-system:9090", Redact(o.URL))
 	}
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--prometheus-timeout must be positive, got %s", o.Timeout)
@@ -72,8 +72,7 @@ func New(o Options) (v1.API, error) {
 			CAFile:             o.CAFile,
 			InsecureSkipVerify: o.InsecureSkipVerify,
 		},
-		FollowRedirects: true,
-		EnableHTTP2:     true,
+		EnableHTTP2: true,
 	}
 	if o.BearerTokenFile != "" {
 		cfg.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: o.BearerTokenFile}
@@ -91,9 +90,43 @@ func New(o Options) (v1.API, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prometheus client settings (check --prometheus-ca-file and --prometheus-bearer-token-file): %w", err)
 	}
-	c, err := api.NewClient(api.Config{Address: o.URL, RoundTripper: rt})
+	// The token and headers are added by rt to every request, redirected
+	// ones included, so net/http's own stripping of Authorization on a
+	// cross-host redirect never applies: redirects are followed only to the
+	// same host, and never from https to http.
+	hc := &http.Client{Transport: rt, CheckRedirect: sameHostRedirect}
+	c, err := api.NewClient(api.Config{Address: o.URL, Client: hc})
 	if err != nil {
-		return nil, fmt.Errorf("prometheus client for %s: %w", o.URL, err)
+		return nil, fmt.Errorf("prometheus client for %s: %w", Redact(o.URL), err)
 	}
 	return v1.NewAPI(c), nil
+}
+
+// sameHostRedirect allows a redirect only to the host of the first request
+// and without a downgrade from https, at most 10 times (net/http's default).
+func sameHostRedirect(req *http.Request, via []*http.Request) error {
+	first := via[0].URL
+	switch {
+	case len(via) >= 10:
+		return errors.New("stopped after 10 redirects")
+	case req.URL.Host != first.Host:
+		return fmt.Errorf("Prometheus redirected to another host (%s): not followed, so the bearer token and headers are not sent there; point --prometheus-url at the final address", req.URL.Host)
+	case first.Scheme == "https" && req.URL.Scheme != "https":
+		return errors.New("Prometheus redirected from https to http: not followed; point --prometheus-url at the https address")
+	}
+	return nil
+}
+
+// Redact returns a URL without its userinfo (user:password@), for the plan,
+// logs and errors; an unparsable URL is replaced whole.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User == nil {
+		return raw
+	}
+	u.User = nil
+	return u.String()
 }

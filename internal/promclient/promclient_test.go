@@ -100,3 +100,60 @@ func TestClientSendsTokenAndHeadersAndNeverPrintsToken(t *testing.T) {
 		t.Fatalf("X-Scope-OrgID = %q", gotTenant)
 	}
 }
+
+// TestTokenNeverFollowsARedirectToAnotherHost: the round tripper adds the
+// token to every request, so a redirect to another host must not be
+// followed at all.
+func TestTokenNeverFollowsARedirectToAnotherHost(t *testing.T) {
+	var mu sync.Mutex
+	var leaked []string
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		leaked = append(leaked, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"success","data":{"resultType":"vector","result":[]}}`))
+	}))
+	defer evil.Close()
+	// Same port number, other host name: 127.0.0.1 vs localhost.
+	evilURL := strings.Replace(evil.URL, "127.0.0.1", "localhost", 1)
+	prom := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, evilURL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer prom.Close()
+	tok := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tok, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	api, err := New(Options{URL: prom.URL, BearerTokenFile: tok, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err = api.Query(context.Background(), "up", time.Now())
+	if err == nil || !strings.Contains(err.Error(), "another host") {
+		t.Fatalf("query err = %v, want the redirect refused", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, h := range leaked {
+		if strings.Contains(h, "s3cret") {
+			t.Fatal("the bearer token was sent to the other host")
+		}
+	}
+}
+
+func TestRedactDropsUserinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://alice:pw@prom:9090/x": "http://prom:9090/x",
+		"https://prom:9090":           "https://prom:9090",
+		"http://%zz":                  "(unparsable URL)",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	err := (Options{URL: "ftp://alice:pw@prom", Timeout: time.Second}).Validate()
+	if err == nil || strings.Contains(err.Error(), "pw") {
+		t.Fatalf("validation error leaks the password: %v", err)
+	}
+}

@@ -77,9 +77,14 @@ type StageOutline struct {
 
 // StageState is one stage's execution record.
 type StageState struct {
-	Number     int       `json:"number"`
-	Namespace  string    `json:"namespace"`
-	Phase      Phase     `json:"phase"`
+	Number    int    `json:"number"`
+	Namespace string `json:"namespace"`
+	Phase     Phase  `json:"phase"`
+	// Owner is the run that holds the stage (the lock identity of the
+	// apply, or of the rollback that took it over): a write from any other
+	// run is refused (fencing), so a run that lost the stage cannot
+	// overwrite what the new owner decided.
+	Owner      string    `json:"owner,omitempty"`
 	TargetMode string    `json:"targetMode,omitempty"`
 	StartedAt  time.Time `json:"startedAt,omitzero"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
@@ -92,9 +97,15 @@ type StageState struct {
 	// Reason says why the stage ended as it did (the failed gate or probe,
 	// the error).
 	Reason string `json:"reason,omitempty"`
-	// Target is the PeerAuthentication the stage writes; set before the
-	// change and completed (UID, resourceVersion) after it.
+	// Target is the PeerAuthentication the stage writes whose mode Istio
+	// uses; set before the change and completed (UID, resourceVersion)
+	// after it.
 	Target *Target `json:"target,omitempty"`
+	// AlsoTargets are the other pre-existing namespace-wide policies the
+	// stage writes (the plan's policy.alsoUpdates), recorded and completed
+	// as Target is. Absent in state written before it existed: those
+	// stages wrote Target only.
+	AlsoTargets []Target `json:"alsoTargets,omitempty"`
 	// Snapshot holds every PeerAuthentication of the namespace, whole, as
 	// JSON, taken before the change (managedFields dropped).
 	Snapshot []json.RawMessage `json:"snapshot,omitempty"`
@@ -119,6 +130,19 @@ type Target struct {
 	ResourceVersion string `json:"resourceVersion,omitempty"`
 	// Mode is the mTLS mode the stage wrote.
 	Mode string `json:"mode"`
+}
+
+// Targets returns every object the stage writes, Target first; nil when
+// nothing was recorded.
+func (st *StageState) Targets() []*Target {
+	if st.Target == nil {
+		return nil
+	}
+	out := []*Target{st.Target}
+	for i := range st.AlsoTargets {
+		out = append(out, &st.AlsoTargets[i])
+	}
+	return out
 }
 
 // GateValue is one gate evaluation as recorded. Numbers are pointers because
@@ -223,7 +247,8 @@ func (p *PlanRecord) EnsureStage(n int, namespace string) *StageState {
 //	applying     -> soaking                      probes passed
 //	applying     -> pending                      nothing of ours landed (someone else wrote the policy)
 //	soaking      -> applying                     a resume re-verifies from the start
-//	soaking      -> done                         the soak passed
+//	soaking      -> done                         the soak passed and the policy is as applied
+//	soaking      -> failed                       someone else changed the policy during the soak
 //	applying, soaking, done, rolled-back, failed -> rolling-back
 //	rolling-back -> rolling-back                 a rollback takes over a dead one's
 //	rolling-back -> rolled-back | failed
@@ -233,7 +258,7 @@ func (p *PlanRecord) EnsureStage(n int, namespace string) *StageState {
 var transitions = map[Phase][]Phase{
 	Pending:     {Applying},
 	Applying:    {Applying, Soaking, Pending, RollingBack},
-	Soaking:     {Applying, Done, RollingBack},
+	Soaking:     {Applying, Done, RollingBack, Failed},
 	Done:        {RollingBack},
 	RollingBack: {RollingBack, RolledBack, Failed},
 	RolledBack:  {RollingBack, Failed, Pending, Applying},
@@ -249,6 +274,36 @@ type IllegalTransitionError struct {
 
 func (e *IllegalTransitionError) Error() string {
 	return fmt.Sprintf("stage %d is %s and cannot become %s: the migration state changed under this run (another run or a person), so it writes nothing; check `mtls-migrate status`", e.Stage, e.From, e.To)
+}
+
+// FencedError says a run tried to write a stage it no longer holds: another
+// run or a person took it over (a rollback during the soak, a run that
+// resumed after this one's lock expired). The run must stop and write
+// nothing more.
+type FencedError struct {
+	Stage        int
+	Owner, Phase string
+	// Want are what the writer believed: its own identity and the phase.
+	WantOwner, WantPhase string
+}
+
+func (e *FencedError) Error() string {
+	owner := e.Owner
+	if owner == "" {
+		owner = "no run"
+	}
+	return fmt.Sprintf("stage %d is now %s, held by %s (this run, %s, left it %s): someone else took it over, so this run stops and writes nothing more; see `mtls-migrate status`",
+		e.Stage, e.Phase, owner, e.WantOwner, e.WantPhase)
+}
+
+// Fence checks that owner still holds the stage in the phase it believes
+// (compare-and-set on the state; an empty want skips the phase check, an
+// empty owner on either side is a record from before fencing).
+func (st *StageState) Fence(owner string, want Phase) error {
+	if (st.Owner != "" && owner != "" && st.Owner != owner) || (want != "" && st.Phase != want) {
+		return &FencedError{Stage: st.Number, Owner: st.Owner, Phase: string(st.Phase), WantOwner: owner, WantPhase: string(want)}
+	}
+	return nil
 }
 
 // CanMove reports whether the phase machine has an edge from -> to.
@@ -320,4 +375,18 @@ func encode(s *State) ([]byte, error) {
 		return nil, fmt.Errorf("encode migration state: %w", err)
 	}
 	return b, nil
+}
+
+// DeepCopy returns a copy of the stage record sharing nothing with st.
+func (st *StageState) DeepCopy() *StageState {
+	b, err := json.Marshal(st)
+	if err != nil {
+		// Only strings, times, numbers and raw JSON: cannot fail.
+		panic(err)
+	}
+	out := &StageState{}
+	if err := json.Unmarshal(b, out); err != nil {
+		panic(err)
+	}
+	return out
 }

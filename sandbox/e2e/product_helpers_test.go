@@ -98,6 +98,8 @@ type product struct {
 	t   *testing.T
 	bin string
 	s   *sandbox.Sandbox
+	// promURL, when set, is the --prometheus-url instead of the sandbox's.
+	promURL string
 }
 
 type result struct {
@@ -120,7 +122,8 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n") + "\n"
 }
 
-// run runs `mtls-migrate args... --kubeconfig K --prometheus-url P` and
+// run runs `mtls-migrate args... --kubeconfig K --prometheus-url P` (the
+// sandbox's Prometheus unless promURL is set) and
 // returns its output and exit code; it fails the test only when the binary
 // could not run at all.
 func (p *product) run(ctx context.Context, args ...string) result {
@@ -132,7 +135,11 @@ func (p *product) run(ctx context.Context, args ...string) result {
 // ($KUBECONFIG emptied), so a test sees exactly those credentials.
 func (p *product) runWith(ctx context.Context, kubeconfig string, args ...string) result {
 	p.t.Helper()
-	args = append(args, "--kubeconfig", kubeconfig, "--prometheus-url", p.s.PrometheusURL())
+	promURL := p.s.PrometheusURL()
+	if p.promURL != "" {
+		promURL = p.promURL
+	}
+	args = append(args, "--kubeconfig", kubeconfig, "--prometheus-url", promURL)
 	cmd := exec.CommandContext(ctx, p.bin, args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG=")
 	var out, errb bytes.Buffer

@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -287,6 +288,12 @@ func (s *Scenario) validate() []fieldError {
 		md, _ := o["metadata"].(map[string]any)
 		if n, _ := md["name"].(string); n == "" {
 			add(p+".metadata.name", "required")
+		}
+		// Objects go to the API server as JSON, whose keys are strings: an
+		// unquoted number key (portLevelMtls: {9090: ...}) would only fail
+		// when the sandbox starts.
+		if _, err := json.Marshal(o); err != nil {
+			add(p, "cannot be sent as JSON (quote number keys, e.g. \"9090\"): %v", err)
 		}
 	}
 	return errs

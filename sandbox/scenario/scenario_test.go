@@ -38,6 +38,7 @@ services:
 		{"bad duration", base + "scrapeInterval: soon\n", "line 8"},
 		{"target port missing on backend", strings.Replace(base, "services:\n  - {name: api, namespace: a, ports: [{name: http, port: 8080}]}", "services:\n  - {name: api, namespace: a, ports: [{name: http, port: 8080, targetPort: 81}]}", 1), "no port 81"},
 		{"bad protocol", strings.Replace(base, "port: 8080}]}\nservices", "port: 8080, protocol: smtp}]}\nservices", 1), "unknown protocol"},
+		{"object with a number key", base + "objects:\n  - {apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: a}, spec: {portLevelMtls: {9090: {mode: PERMISSIVE}}}}\n", "quote number keys"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
