@@ -110,9 +110,9 @@ func sameHostRedirect(req *http.Request, via []*http.Request) error {
 	case len(via) >= 10:
 		return errors.New("stopped after 10 redirects")
 	case req.URL.Host != first.Host:
-		return fmt.Errorf("Prometheus redirected to another host (%s): not followed, so the bearer token and headers are not sent there; point --prometheus-url at the final address", req.URL.Host)
+		return fmt.Errorf("redirected by Prometheus to another host (%s): not followed, so the bearer token and headers are not sent there; point --prometheus-url at the final address", req.URL.Host)
 	case first.Scheme == "https" && req.URL.Scheme != "https":
-		return errors.New("Prometheus redirected from https to http: not followed; point --prometheus-url at the https address")
+		return errors.New("redirected by Prometheus from https to http: not followed; point --prometheus-url at the https address")
 	}
 	return nil
 }
