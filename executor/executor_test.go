@@ -488,6 +488,12 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 		}, nil, "it answered with no value"},
 		{"probe cannot reach its target", nil, func(e *env) { e.unreachable = true }, nil, "probe plaintext cannot reach its target now"},
+		{"own probes of a stopped run may still be under way", nil, func(e *env) {
+			_ = e.store.Update(context.Background(), func(s *state.State) error {
+				s.ProbedAt = map[string]time.Time{"cart": t0.Add(30 * time.Second)}
+				return nil
+			})
+		}, nil, "may still be under way until 2026-03-01T12:00:30Z"},
 		{"stage already in progress", nil, func(e *env) {
 			_ = e.store.Update(context.Background(), func(s *state.State) error {
 				seedPhase(s.EnsurePlan("p", "sha256:p", t0).EnsureStage(1, "cart"), state.Soaking, t0, "")

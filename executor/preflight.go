@@ -220,14 +220,25 @@ func (r *run) checkPlaintext(ctx context.Context, st *state.State) error {
 		since = now.Add(-w)
 	}
 	absentAt := since // a series existing then is old, seen by increase
+	probed := false
 	if t, ok := st.ProbedAt[r.stage.Namespace]; ok && t.After(since) {
-		since = t.Add(time.Second)
+		if t.After(now) {
+			// A run that stopped among its own probes marked how long they
+			// could last (see probing): until then its plaintext requests
+			// may still be arriving and cannot be told from a client's.
+			return refusef("the tool's own plaintext probes into %q may still be under way until %s (a run stopped among them); run again after that", r.stage.Namespace, t.UTC().Format(time.RFC3339))
+		}
+		since, probed = t.Add(time.Second), true
 		absentAt = t.Add(probeScrapeGrace)
 	}
 	rng := now.Sub(since)
-	if rng <= 0 {
-		// The plan or our last probes lie in the future (a skewed clock):
-		// look back an hour rather than not at all. Stricter, never laxer.
+	switch {
+	case rng <= 0 && probed:
+		// Our own probes ended less than a second ago: nothing since.
+		rng = time.Second
+	case rng <= 0:
+		// The plan lies in the future (a skewed clock): look back an hour
+		// rather than not at all. Stricter, never laxer.
 		rng = time.Hour
 		absentAt = now.Add(-rng)
 	}
