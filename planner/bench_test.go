@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
@@ -62,11 +61,10 @@ func BenchmarkPlan(b *testing.B) {
 	inv, fake := syntheticMesh(2000, 10, 10, 5)
 	window := 7 * 24 * time.Hour
 	now := testNow
-	step := telemetry.Step(window)
-	steps := int(window / step)
-	rng := v1.Range{Start: now.Add(-time.Duration(steps-1) * step), End: now, Step: step}
 	for _, q := range telemetry.Queries(telemetry.Options{Window: window}) {
-		fake.Prepare(q, rng)
+		if err := fake.Prepare(q, now); err != nil {
+			b.Fatal(err)
+		}
 	}
 	b.ReportAllocs()
 	b.ResetTimer()

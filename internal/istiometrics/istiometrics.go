@@ -179,6 +179,28 @@ func IncreaseBy(metric, sel, by, window string) string {
 	return fmt.Sprintf("sum by (%s) (increase(%s{%s}[%s]))", by, metric, sel, window)
 }
 
+// LastRiseBy is, by the grouping labels, when any of the counter metrics
+// that sel selects last rose within the last window, in seconds since the
+// epoch (window, step and rise are PromQL durations). It is the evaluation
+// time itself when they rose within the last rise; otherwise the latest
+// step of a subquery over the window (Prometheus aligns subquery steps to
+// multiples of step since the epoch, not to the evaluation time, hence the
+// first term) at which their increase over rise was positive. timestamp()
+// of anything but a plain selector returns each sample's evaluation time
+// (the time of the step), so max_over_time of it is the latest such step.
+// With rise longer than step by at least a scrape interval, consecutive
+// steps overlap and no rise between two scrapes goes unseen; the time is
+// then late by less than rise, never early. Only flows with a rise in the
+// window have a value.
+func LastRiseBy(metrics []string, sel, by, window, step, rise string) string {
+	parts := make([]string, len(metrics))
+	for i, m := range metrics {
+		parts[i] = IncreaseBy(m, sel, by, rise) + " > 0"
+	}
+	rose := strings.Join(parts, " or ")
+	return fmt.Sprintf("timestamp(%s) or max_over_time(timestamp(%s)[%s:%s])", rose, rose, window, step)
+}
+
 // NewSeriesBy is, summed by the grouping labels, the last value of every
 // series of counter metric that sel selects which holds a positive count
 // within the last window but did not exist `absent` ago (a PromQL

@@ -49,6 +49,9 @@ func TestSelectorsNameTheNamespaceOrTheWholeMesh(t *testing.T) {
 			`sum by (source_workload) (increase(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"}[2h]))`},
 		{"new series by", NewSeriesBy(RequestsTotal, DestinationPlaintext("cart"), Grouping(LabelSourceWorkload), "2h", "1h58m"),
 			`sum by (source_workload) ((last_over_time(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"}[2h]) > 0) unless istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls",destination_workload_namespace="cart"} offset 1h58m)`},
+		{"last rise by", LastRiseBy([]string{RequestsTotal, TCPReceivedBytes}, DestinationPlaintext(""), Grouping(LabelSourceWorkload), "1w", "1h", "1h5m"),
+			`timestamp(sum by (source_workload) (increase(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls"}[1h5m])) > 0 or sum by (source_workload) (increase(istio_tcp_received_bytes_total{reporter="destination",connection_security_policy!="mutual_tls"}[1h5m])) > 0)` +
+				` or max_over_time(timestamp(sum by (source_workload) (increase(istio_requests_total{reporter="destination",connection_security_policy!="mutual_tls"}[1h5m])) > 0 or sum by (source_workload) (increase(istio_tcp_received_bytes_total{reporter="destination",connection_security_policy!="mutual_tls"}[1h5m])) > 0)[1w:1h])`},
 		{"series count in a namespace", SeriesCount(TCPConnectionsOpened, Destination("cart")), `count(istio_tcp_connections_opened_total{reporter="destination",destination_workload_namespace="cart"})`},
 		{"series count mesh-wide", SeriesCount(RequestsTotal, Destination("")), `count(istio_requests_total{reporter="destination"})`},
 	}

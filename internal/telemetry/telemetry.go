@@ -1,23 +1,57 @@
 // Package telemetry reads the Istio standard metrics the planner needs from
 // a Prometheus-compatible API (Prometheus, Thanos, Mimir, VictoriaMetrics) in
-// a fixed, small number of queries whatever the size of the mesh: traffic
-// aggregated by namespace pair, the plaintext flows in detail, and the Istio
-// version. Warnings and infos in the answers are surfaced, never dropped.
+// three queries whatever the size of the mesh: traffic aggregated by
+// namespace pair, the plaintext flows in detail, and the Istio version. Only
+// standard PromQL is used (subqueries, timestamp(), label_replace: all four
+// support them). Warnings and infos in the answers are surfaced, never
+// dropped.
 //
-// # Splitting the window
+// # Totals computed by the server
 //
-// A 7-day window is read as a range query of increase(...[step]) with
-// step = window/MaxSteps (1h for 7d), summed over the steps, instead of one
-// increase(...[7d]) instant query. Prometheus' sample limit
-// (--query.max-samples, 50M by default) counts the samples a query holds at
-// once: for a range-vector function the engine loads one input series' range
-// at a time (a step's worth: 240 samples at a 15s scrape), and holds the
-// result, output series x steps points. With at most 168 steps, the result
-// of `sum by (...)` could hold ~300k series before reaching the limit, and
-// the input never comes close. Range queries are also what Thanos' and
-// Mimir's query-frontends split by day and cache; instant queries over 7d
-// are neither split nor cached. Last-seen times come from the latest step
-// with a non-zero increase, so their resolution is the step.
+// The traffic queries are instant queries at the end of the window,
+// sum by (...) (increase(metric{...}[window])): one point per output series,
+// so what crosses the network and is decoded grows with the namespace pairs
+// and the plaintext flows, not with the window (the range queries of 168
+// steps that came before cost 14 s of HTTP and JSON decoding at 2,000
+// namespaces, see BenchmarkFetch). The detail keeps only flows with an
+// increase > 0 and adds one series per flow, mm_kind="last_seen": when its
+// counters last rose (istiometrics.LastRiseBy), i.e. the latest step of a
+// subquery over the window at which their increase over step+5m was
+// positive, or the evaluation time if they rose within the last step+5m.
+// Its resolution is the subquery step, window/MaxSteps (1h for 7d): a
+// last-seen time is late by less than step+5m, never early. A flow with
+// traffic but no last-seen time is read as seen at the end.
+//
+// # The sample limit
+//
+// Prometheus' --query.max-samples (50M by default: "maximum number of
+// samples a single query can load into memory", its flag help) counts the
+// samples a query holds at once. From the engine as I know it
+// (promql/engine.go, 2.x to 3.x; not re-read for this change, so treat the
+// numbers as estimates): a range-vector function such as increase walks
+// the selected series one at a time, holding one series' samples in its
+// range (matrixIterSlice) plus the output so far; an aggregation holds its
+// whole argument (every input series at every step) and then only its
+// result; a subquery holds its inner result (series x steps). So:
+//
+//   - the aggregate holds one series' week (40,320 samples at a 15s
+//     scrape) and one point per input series: far below the limit at any
+//     mesh size (the 168-step range query held 168 points per input series);
+//   - the plaintext totals, the same over plaintext series only;
+//   - the last-seen subquery holds, for each metric in turn, every plaintext
+//     input series at MaxSteps steps (168 points), then the flows at 168
+//     points each: the limit is reached near 300,000 plaintext input series
+//     (pod and response-code labels included), a query error that says to
+//     restrict --namespaces;
+//   - with Steps = n, the aggregation holds n points per input series.
+//
+// Mimir (-querier.max-samples), Thanos' querier and VictoriaMetrics
+// (-search.maxSamplesPerQuery, 1e9) have limits of the same kind; Mimir
+// and Thanos also limit series and chunks fetched per query, which count the
+// raw data read and so are the same for both shapes, except that a
+// query-frontend splits a range query by day (Options.Steps) and an instant
+// one not at all, as far as I know (Mimir has an experimental instant-query
+// splitting I have not checked).
 package telemetry
 
 import (
@@ -35,9 +69,16 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 )
 
-// MaxSteps bounds the points per series of a range query (see the package
-// comment).
+// MaxSteps bounds Options.Steps and the subquery steps that find last-seen
+// times (see the package comment).
 const MaxSteps = 168
+
+// scrapeMargin is how much longer than a step the increase that finds
+// last-seen times spans, so that consecutive steps overlap by a scrape
+// interval and no rise between two scrapes falls between them: 5m is
+// Prometheus' default lookback delta, beyond which instant queries see a
+// series as stale anyway.
+const scrapeMargin = 5 * time.Minute
 
 // Options say what to read.
 type Options struct {
@@ -50,6 +91,14 @@ type Options struct {
 	// Namespaces, when set, restricts the queries to these destination
 	// namespaces (and sources in them); empty reads the whole mesh.
 	Namespaces []string
+	// Steps is the number of points per series of the traffic queries. 1
+	// (the default; 0 means 1) runs them as instant queries over the whole
+	// window, the cheapest answer. n > 1 (at most MaxSteps) runs range
+	// queries of n steps of window/n each (at least a minute), summed here:
+	// for a Thanos or Mimir query-frontend, which splits range queries by
+	// day and caches them but passes an instant query over the window to
+	// one querier whole.
+	Steps int
 }
 
 // Traffic is the traffic into one destination namespace over the window
@@ -85,7 +134,9 @@ const Unknown = istiometrics.Unknown
 // Result is what the planner reads.
 type Result struct {
 	Window time.Duration
-	Step   time.Duration
+	// Step is the resolution of the flows' LastSeen (the last-seen
+	// subquery's step, see Step).
+	Step time.Duration
 	// Inbound holds traffic per destination namespace.
 	Inbound map[string]*Traffic
 	// Reporting holds namespaces whose proxies reported any Istio metric
@@ -104,16 +155,31 @@ type Result struct {
 	Partial bool
 }
 
-// Step returns the range-query step for a window: window/MaxSteps rounded
-// up to a whole second, and at least one minute (an increase needs two
-// scrapes in its range) unless the window itself is shorter.
-func Step(window time.Duration) time.Duration {
-	step := (window + MaxSteps - 1) / MaxSteps
+// Step returns the step of the subquery that finds last-seen times, which
+// is their resolution: window/MaxSteps rounded up to a whole second (1h for
+// 7d), and at least one minute (an increase needs two scrapes in its range)
+// unless the window itself is shorter.
+func Step(window time.Duration) time.Duration { return stepOf(window, MaxSteps) }
+
+// stepOf divides window into n steps as Step does.
+func stepOf(window time.Duration, n int) time.Duration {
+	step := (window + time.Duration(n) - 1) / time.Duration(n)
 	step = ((step + time.Second - 1) / time.Second) * time.Second
 	if minStep := min(window, time.Minute); step < minStep {
 		step = minStep
 	}
 	return step
+}
+
+// span returns the range each point of the traffic queries covers and how
+// many points there are: the whole window once by default, or o.Steps
+// steps (fewer when a step would be shorter than a minute).
+func span(o Options) (time.Duration, int) {
+	if o.Steps <= 1 {
+		return o.Window, 1
+	}
+	r := stepOf(o.Window, o.Steps)
+	return r, int((o.Window + r - 1) / r)
 }
 
 // The groupings of the two traffic queries.
@@ -128,12 +194,27 @@ const (
 	kindRequests    = "requests"
 	kindConnections = "connections"
 	kindBytes       = "bytes"
+	// kindLastSeen is a flow's last-seen time, in seconds since the epoch.
+	kindLastSeen = "last_seen"
+)
+
+type metric struct{ kind, name string }
+
+var (
+	aggregateMetrics = []metric{{kindRequests, istiometrics.RequestsTotal}, {kindConnections, istiometrics.TCPConnectionsOpened}}
+	// A long-lived connection opened before the window shows no new
+	// connections_opened; its bytes do.
+	detailMetrics = append(aggregateMetrics[:len(aggregateMetrics):len(aggregateMetrics)], metric{kindBytes, istiometrics.TCPReceivedBytes})
 )
 
 // Queries returns the PromQL queries Fetch runs, in order: aggregate
-// traffic, plaintext detail (both range queries), Istio version (instant).
+// traffic, plaintext flows, Istio version. The first two are instant
+// queries at the end of the window by default, range queries with
+// o.Steps > 1; the version is an instant query.
 func Queries(o Options) []string {
-	step := model.Duration(Step(o.Window)).String()
+	r, _ := span(o)
+	rng := model.Duration(r).String()
+	step := Step(o.Window)
 	dst, src := "", ""
 	if len(o.Namespaces) > 0 {
 		ns := append([]string(nil), o.Namespaces...)
@@ -141,32 +222,37 @@ func Queries(o Options) []string {
 		dst = istiometrics.OneOf(istiometrics.LabelDestinationWorkloadNamespace, ns)
 		src = istiometrics.OneOf(istiometrics.LabelSourceWorkloadNamespace, ns)
 	}
-	kinds := func(by, sel string, withBytes bool) string {
-		metrics := []struct{ kind, name string }{{kindRequests, istiometrics.RequestsTotal}, {kindConnections, istiometrics.TCPConnectionsOpened}}
-		if withBytes {
-			// A long-lived connection opened before the window shows no new
-			// connections_opened; its bytes do.
-			metrics = append(metrics, struct{ kind, name string }{kindBytes, istiometrics.TCPReceivedBytes})
-		}
+	kind := func(expr, kind string) string {
+		return fmt.Sprintf(`label_replace(%s, %q, %q, "", "")`, expr, kindLabel, kind)
+	}
+	totals := func(metrics []metric, by, sel, filter string) []string {
 		var parts []string
 		for _, m := range metrics {
-			parts = append(parts, fmt.Sprintf(`label_replace(sum by (%s) (increase(%s{%s}[%s])), %q, %q, "", "")`, by, m.name, sel, step, kindLabel, m.kind))
+			parts = append(parts, kind(istiometrics.IncreaseBy(m.name, sel, by, rng)+filter, m.kind))
 		}
-		return strings.Join(parts, " or ")
+		return parts
 	}
 	aggSel := istiometrics.Selector(istiometrics.OneOf(istiometrics.LabelReporter, []string{istiometrics.ReporterSource, istiometrics.ReporterDestination}), dst)
 	if src != "" {
 		// Restricted: traffic into the namespaces, or reported by them as clients.
 		aggSel = istiometrics.Selector(istiometrics.ByDestination, dst)
 	}
-	agg := kinds(aggregateBy, aggSel, false)
+	agg := totals(aggregateMetrics, aggregateBy, aggSel, "")
 	if src != "" {
-		agg += " or " + kinds(aggregateBy, istiometrics.Selector(istiometrics.BySource, src), false)
+		agg = append(agg, totals(aggregateMetrics, aggregateBy, istiometrics.Selector(istiometrics.BySource, src), "")...)
 	}
 	// Classified on the destination's report (see istiometrics.DestinationPlaintext).
-	detail := kinds(detailBy, istiometrics.Selector(istiometrics.DestinationPlaintext(""), dst), true)
+	// Only flows with traffic in the window: the answer grows with the
+	// plaintext, not with the mesh.
+	detailSel := istiometrics.Selector(istiometrics.DestinationPlaintext(""), dst)
+	detail := totals(detailMetrics, detailBy, detailSel, " > 0")
+	names := make([]string, len(detailMetrics))
+	for i, m := range detailMetrics {
+		names[i] = m.name
+	}
+	detail = append(detail, kind(istiometrics.LastRiseBy(names, detailSel, detailBy, rng, model.Duration(step).String(), model.Duration(step+scrapeMargin).String()), kindLastSeen))
 	version := fmt.Sprintf(`count by (%s) (%s)`, istiometrics.Grouping(istiometrics.LabelComponent, istiometrics.LabelTag), istiometrics.Build)
-	return []string{agg, detail, version}
+	return []string{strings.Join(agg, " or "), strings.Join(detail, " or "), version}
 }
 
 // Fetch runs the queries and parses the answers.
@@ -174,12 +260,14 @@ func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, err
 	if o.Window <= 0 {
 		return nil, errors.New("telemetry window must be positive")
 	}
-	step := Step(o.Window)
-	steps := int((o.Window + step - 1) / step)
+	if o.Steps < 0 || o.Steps > MaxSteps {
+		return nil, fmt.Errorf("telemetry steps must be between 1 and %d, not %d", MaxSteps, o.Steps)
+	}
+	r, points := span(o)
 	end := o.Now.Truncate(time.Second)
-	rng := v1.Range{Start: end.Add(-time.Duration(steps-1) * step), End: end, Step: step}
+	rng := v1.Range{Start: end.Add(-time.Duration(points-1) * r), End: end, Step: r}
 	qs := Queries(o)
-	res := &Result{Window: o.Window, Step: step, Queries: qs, Inbound: map[string]*Traffic{}, Reporting: map[string]bool{}}
+	res := &Result{Window: o.Window, Step: Step(o.Window), Queries: qs, Inbound: map[string]*Traffic{}, Reporting: map[string]bool{}}
 
 	names := []string{"aggregate traffic", "plaintext flows", "istio version"}
 	for i, query := range qs {
@@ -189,7 +277,8 @@ func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, err
 			infos v1.Infos
 			err   error
 		)
-		if i < 2 {
+		ranged := i < 2 && points > 1
+		if ranged {
 			val, warns, infos, err = istiometrics.Range(ctx, q, query, rng, o.Timeout)
 		} else {
 			val, warns, infos, err = istiometrics.Instant(ctx, q, query, end, o.Timeout)
@@ -208,9 +297,9 @@ func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, err
 		}
 		switch i {
 		case 0:
-			err = res.parseAggregate(val)
+			err = res.parseAggregate(val, ranged)
 		case 1:
-			err = res.parseDetail(val)
+			err = res.parseDetail(val, ranged, end)
 		case 2:
 			err = res.parseVersion(val)
 		}
@@ -239,26 +328,58 @@ func queryError(o Options, what string, err error) error {
 	return fmt.Errorf("query Prometheus at %s (%s): %w; %s", o.URL, what, err, hint)
 }
 
-func asMatrix(v model.Value) (model.Matrix, error) {
-	switch m := v.(type) {
-	case model.Matrix:
-		return m, nil
-	case nil:
-		return nil, nil
+// eachSeries calls fn with each series of an answer: its labels, the sum of
+// its positive finite points (the total over the window) and its largest
+// finite point (NaN if none). An instant query must answer with a vector,
+// a range query with a matrix; anything else, no value included, is an
+// error, never "no traffic".
+func eachSeries(v model.Value, ranged bool, fn func(m model.Metric, sum, max float64)) error {
+	want := "an instant vector"
+	if ranged {
+		want = "a range matrix"
 	}
-	return nil, fmt.Errorf("expected a matrix, got %s", v.Type())
+	switch a := v.(type) {
+	case model.Vector:
+		if !ranged {
+			for _, s := range a {
+				x := float64(s.Value)
+				fn(s.Metric, positive(x), finite(x))
+			}
+			return nil
+		}
+	case model.Matrix:
+		if ranged {
+			for _, ss := range a {
+				sum, max := 0.0, math.NaN()
+				for _, p := range ss.Values {
+					x := float64(p.Value)
+					sum += positive(x)
+					if y := finite(x); !math.IsNaN(y) && !(y <= max) {
+						max = y
+					}
+				}
+				fn(ss.Metric, sum, max)
+			}
+			return nil
+		}
+	}
+	return &istiometrics.UnusableAnswerError{Got: istiometrics.TypeOf(v), Want: want}
 }
 
-func sumSeries(ss *model.SampleStream) (total float64, last time.Time) {
-	for _, p := range ss.Values {
-		v := float64(p.Value)
-		if math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 {
-			continue
-		}
-		total += v
-		last = p.Timestamp.Time()
+// positive is x when it counts toward a total, else 0.
+func positive(x float64) float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) || x <= 0 {
+		return 0
 	}
-	return total, last
+	return x
+}
+
+// finite is x, or NaN when x is infinite.
+func finite(x float64) float64 {
+	if math.IsInf(x, 0) {
+		return math.NaN()
+	}
+	return x
 }
 
 func (r *Result) inbound(ns string) *Traffic {
@@ -270,27 +391,21 @@ func (r *Result) inbound(ns string) *Traffic {
 	return t
 }
 
-func (r *Result) parseAggregate(v model.Value) error {
-	m, err := asMatrix(v)
-	if err != nil {
-		return err
-	}
-	for _, ss := range m {
-		l := ss.Metric
+func (r *Result) parseAggregate(v model.Value, ranged bool) error {
+	return eachSeries(v, ranged, func(l model.Metric, total, _ float64) {
 		dst, src := string(l[istiometrics.LabelDestinationWorkloadNamespace]), string(l[istiometrics.LabelSourceWorkloadNamespace])
-		total, _ := sumSeries(ss)
 		switch string(l[istiometrics.LabelReporter]) {
 		case istiometrics.ReporterSource:
 			if src != "" && src != Unknown {
 				r.Reporting[src] = true
 			}
-			continue
+			return
 		case istiometrics.ReporterDestination:
 		default:
-			continue
+			return
 		}
 		if dst == "" || dst == Unknown {
-			continue
+			return
 		}
 		r.Reporting[dst] = true
 		t := r.inbound(dst)
@@ -312,24 +427,27 @@ func (r *Result) parseAggregate(v model.Value) error {
 				t.PlaintextConnections += total
 			}
 		}
-	}
-	return nil
+	})
 }
 
-func (r *Result) parseDetail(v model.Value) error {
-	m, err := asMatrix(v)
-	if err != nil {
-		return err
-	}
+// parseDetail reads the plaintext flows: their totals, and their last-seen
+// times (in seconds) from the last_seen series.
+func (r *Result) parseDetail(v model.Value, ranged bool, end time.Time) error {
 	type key struct{ dns, dwl, swl, sns, sp string }
-	idx := make(map[key]int, len(m))
-	for _, ss := range m {
-		l := ss.Metric
-		total, last := sumSeries(ss)
-		if total <= 0 {
-			continue
-		}
+	idx := map[key]int{}
+	lastSeen := map[key]float64{}
+	err := eachSeries(v, ranged, func(l model.Metric, total, max float64) {
 		k := key{string(l[istiometrics.LabelDestinationWorkloadNamespace]), string(l[istiometrics.LabelDestinationWorkload]), string(l[istiometrics.LabelSourceWorkload]), string(l[istiometrics.LabelSourceWorkloadNamespace]), string(l[istiometrics.LabelSourcePrincipal])}
+		kind := string(l[kindLabel])
+		if kind == kindLastSeen {
+			if !math.IsNaN(max) && !(max <= lastSeen[k]) {
+				lastSeen[k] = max
+			}
+			return
+		}
+		if total <= 0 {
+			return
+		}
 		i, ok := idx[k]
 		if !ok {
 			i = len(r.Plaintext)
@@ -337,7 +455,7 @@ func (r *Result) parseDetail(v model.Value) error {
 			r.Plaintext = append(r.Plaintext, Flow{DestinationNamespace: k.dns, DestinationWorkload: k.dwl, SourceWorkload: k.swl, SourceNamespace: k.sns, SourcePrincipal: k.sp})
 		}
 		f := &r.Plaintext[i]
-		switch string(l[kindLabel]) {
+		switch kind {
 		case kindRequests:
 			f.Requests += total
 		case kindConnections:
@@ -345,9 +463,21 @@ func (r *Result) parseDetail(v model.Value) error {
 		case kindBytes:
 			f.Bytes += total
 		}
-		if last.After(f.LastSeen) {
-			f.LastSeen = last
+	})
+	if err != nil {
+		return err
+	}
+	for k, i := range idx {
+		f := &r.Plaintext[i]
+		secs, ok := lastSeen[k]
+		if !ok || secs > float64(end.Unix()) {
+			// Traffic in the window but no (or an impossible) last-seen
+			// time: read it as current, the reading that blocks rather
+			// than the one that calls the flow gone.
+			f.LastSeen = end.UTC()
+			continue
 		}
+		f.LastSeen = time.UnixMilli(int64(math.Round(secs * 1000))).UTC()
 	}
 	sort.Slice(r.Plaintext, func(i, j int) bool {
 		a, b := &r.Plaintext[i], &r.Plaintext[j]
@@ -364,10 +494,7 @@ func (r *Result) parseDetail(v model.Value) error {
 func (r *Result) parseVersion(v model.Value) error {
 	vec, ok := v.(model.Vector)
 	if !ok {
-		if v == nil {
-			return nil
-		}
-		return fmt.Errorf("expected a vector, got %s", v.Type())
+		return &istiometrics.UnusableAnswerError{Got: istiometrics.TypeOf(v), Want: "an instant vector"}
 	}
 	tags := map[string]map[string]bool{}
 	for _, s := range vec {
