@@ -53,7 +53,11 @@ type Options struct {
 	ClusterServer string
 	// PrometheusTimeout bounds each query.
 	PrometheusTimeout time.Duration
-	Log               *slog.Logger
+	// PrometheusSteps is telemetry.Options.Steps: 0 or 1 reads the
+	// window's totals with instant queries, n > 1 with range queries of n
+	// steps (for a query-frontend that splits them by day).
+	PrometheusSteps int
+	Log             *slog.Logger
 }
 
 // Defaults of Options, which the plan command's flags use too.
@@ -109,6 +113,7 @@ func Build(ctx context.Context, in Inputs) (*plans.Plan, error) {
 	tel, err := telemetry.Fetch(ctx, in.Prometheus, telemetry.Options{
 		Window: in.Window, Now: now, URL: in.Options.PrometheusURL,
 		Timeout: in.Options.PrometheusTimeout, Namespaces: in.Options.Namespaces,
+		Steps: in.Options.PrometheusSteps,
 	})
 	if err != nil {
 		return nil, err

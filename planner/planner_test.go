@@ -151,6 +151,23 @@ func TestPlanIssuesAtMostSixQueries(t *testing.T) {
 	}
 }
 
+func TestPlanIsTheSameWithRangeQueriesOfADay(t *testing.T) {
+	p := boutique().mustBuild(t)
+	w := boutique()
+	w.opts.PrometheusSteps = 7
+	daily := w.mustBuild(t)
+	if strings.Join(daily.Metadata.Queries, "\n") == strings.Join(p.Metadata.Queries, "\n") {
+		t.Fatalf("PrometheusSteps did not reach the queries: %v", daily.Metadata.Queries)
+	}
+	p.Metadata.Queries, daily.Metadata.Queries = nil, nil
+	if instant, got := saved(t, p), saved(t, daily); !bytes.Equal(instant, got) {
+		t.Errorf("plans differ between instant and daily range queries:\n%s\n---\n%s", instant, got)
+	}
+	if calls := w.prom.Calls(); len(calls) > 6 {
+		t.Errorf("%d queries, want at most 6", len(calls))
+	}
+}
+
 func TestPlanSurfacesPrometheusWarnings(t *testing.T) {
 	w := boutique()
 	pw, err := buildWith(t, w, func(f *fakeOpts) { f.warnings = []string{"partial response: store 10.0.0.1 unavailable"} })

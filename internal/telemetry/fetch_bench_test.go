@@ -124,7 +124,8 @@ func (s *promServer) answer(r *http.Request) ([]byte, error) {
 // BenchmarkFetch times what a user waits for after Prometheus has answered:
 // Fetch through client_golang's v1.API against an HTTP server that serves
 // ready-made answers for 2,000 namespaces (40,000 plaintext flows), so the
-// cost is the transfer, the JSON decoding and the parsing.
+// cost is the transfer, the JSON decoding and the parsing. "instant" is the
+// default; "steps=7" the range queries of a day for a query-frontend.
 func BenchmarkFetch(b *testing.B) {
 	srv := &promServer{fake: &telemetrytest.Fake{Flows: benchFlows(2000), Versions: map[string]string{"proxy": "1.26.2"}}, cache: map[string][]byte{}}
 	hs := httptest.NewServer(srv)
@@ -133,23 +134,30 @@ func BenchmarkFetch(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	o := Options{Window: 7 * 24 * time.Hour, Now: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC), URL: hs.URL}
 	promAPI := v1.NewAPI(client)
-	if _, err := Fetch(context.Background(), promAPI, o); err != nil { // encodes the answers
-		b.Fatal(err)
-	}
-	srv.bytes.Store(0)
-	b.ReportAllocs()
-	b.ResetTimer()
-	var res *Result
-	for i := 0; i < b.N; i++ {
-		if res, err = Fetch(context.Background(), promAPI, o); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(srv.bytes.Load())/float64(b.N), "resp-B/op")
-	if len(res.Plaintext) != 40000 {
-		b.Fatalf("%d plaintext flows, want 40000", len(res.Plaintext))
+	for _, bc := range []struct {
+		name  string
+		steps int
+	}{{"instant", 1}, {"steps=7", 7}} {
+		b.Run(bc.name, func(b *testing.B) {
+			o := Options{Window: 7 * 24 * time.Hour, Now: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC), URL: hs.URL, Steps: bc.steps}
+			if _, err := Fetch(context.Background(), promAPI, o); err != nil { // encodes the answers
+				b.Fatal(err)
+			}
+			srv.bytes.Store(0)
+			b.ReportAllocs()
+			b.ResetTimer()
+			var res *Result
+			for i := 0; i < b.N; i++ {
+				if res, err = Fetch(context.Background(), promAPI, o); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(srv.bytes.Load())/float64(b.N), "resp-B/op")
+			if len(res.Plaintext) != 40000 {
+				b.Fatalf("%d plaintext flows, want 40000", len(res.Plaintext))
+			}
+		})
 	}
 }
