@@ -27,8 +27,9 @@
 // Prometheus' --query.max-samples (50M by default: "maximum number of
 // samples a single query can load into memory", its flag help) counts the
 // samples a query holds at once. What the engine holds (promql/engine.go,
-// 2.x to 3.x; estimates, to be checked against that source and measured): a range-vector function such as increase walks
-// the selected series one at a time, holding one series' samples in its
+// 2.x to 3.x; estimates, to be checked against that source and measured):
+// a range-vector function such as increase walks the selected series one
+// at a time, holding one series' samples in its
 // range (matrixIterSlice) plus the output so far; an aggregation holds its
 // whole argument (every input series at every step) and then only its
 // result; a subquery holds its inner result (series x steps). So:
