@@ -1,9 +1,6 @@
 package inventory
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"sort"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
@@ -31,20 +28,8 @@ func ConfigDigest(inv *Inventory) string {
 		}
 		return drs[i].Name < drs[j].Name
 	})
-	return digestJSON(struct {
+	return peerauth.CanonicalDigest(struct {
 		PeerAuthentications string `json:"peerAuthentications"`
 		DestinationRules    []dr   `json:"destinationRules"`
 	}{peerauth.DigestPolicies(inv.PeerAuthentications), drs})
-}
-
-func digestJSON(v any) string {
-	// encoding/json writes struct fields in order and map keys sorted: a
-	// canonical form (the one peerauth's policy digest uses too).
-	b, err := json.Marshal(v)
-	if err != nil {
-		// Only strings, numbers and maps of strings: cannot fail.
-		panic(err)
-	}
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
 }

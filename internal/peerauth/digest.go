@@ -68,7 +68,7 @@ func DigestPolicies(ps []mtlsmode.Policy) string {
 		}
 		return c[i].Name < c[j].Name
 	})
-	return digestJSON(c)
+	return CanonicalDigest(c)
 }
 
 func nonEmpty(m map[string]string) map[string]string {
@@ -78,9 +78,11 @@ func nonEmpty(m map[string]string) map[string]string {
 	return m
 }
 
-func digestJSON(v any) string {
-	// encoding/json writes struct fields in order and map keys sorted: a
-	// canonical form.
+// CanonicalDigest is "sha256:" and the hex digest of v's JSON: the form of
+// the policy digest, and of any digest that combines it with other objects
+// (the inventory's configDigest). encoding/json writes struct fields in
+// order and map keys sorted: a canonical form.
+func CanonicalDigest(v any) string {
 	b, err := json.Marshal(v)
 	if err != nil {
 		// Only strings, numbers and maps of strings: cannot fail.
