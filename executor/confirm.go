@@ -90,14 +90,7 @@ func changedBy(pa *securityv1.PeerAuthentication, t time.Time) string {
 // policy may be intact while something else (a newer workload policy, a
 // sidecar that lost its configuration) lets plaintext in again.
 func (r *run) reprobe(ctx context.Context) string {
-	if err := r.probing(ctx, len(r.stage.Probes), r.o.ProbeWithin, 0); err != nil {
-		r.d.Progress.Step("confirm", "could not mark the probes in the state: "+err.Error())
-	}
-	defer func() {
-		if err := r.markProbed(ctx, r.d.Clock.Now()); err != nil {
-			r.d.Progress.Step("confirm", "could not mark the probes' end in the state: "+err.Error())
-		}
-	}()
+	defer r.markProbes(ctx, "confirm")()
 	for _, p := range r.stage.Probes {
 		if !p.Expect.Refused {
 			continue
@@ -109,4 +102,18 @@ func (r *run) reprobe(ctx context.Context) string {
 		}
 	}
 	return ""
+}
+
+// markProbes marks the stage's probes as under way (see probing) and
+// returns the function that marks their real end; a failed mark is said,
+// not fatal: it only makes the next pre-flight stricter.
+func (r *run) markProbes(ctx context.Context, step string) func() {
+	if err := r.probing(ctx, len(r.stage.Probes), r.o.ProbeWithin, 0); err != nil {
+		r.d.Progress.Step(step, "could not mark the probes in the state: "+err.Error())
+	}
+	return func() {
+		if err := r.markProbed(ctx, r.d.Clock.Now()); err != nil {
+			r.d.Progress.Step(step, "could not mark the probes' end in the state: "+err.Error())
+		}
+	}
 }

@@ -522,14 +522,7 @@ func (r *run) applyAlso(ctx context.Context, snap *securityv1.PeerAuthentication
 func (r *run) probes(ctx context.Context) string {
 	// Until STRICT reaches the proxy a refusal probe is answered: those
 	// answers are plaintext requests too.
-	if err := r.probing(ctx, len(r.stage.Probes), r.o.ProbeWithin, 0); err != nil {
-		r.d.Progress.Step("probes", "could not mark the probes in the state: "+err.Error())
-	}
-	defer func() {
-		if err := r.markProbed(ctx, r.d.Clock.Now()); err != nil {
-			r.d.Progress.Step("probes", "could not mark the probes' end in the state: "+err.Error())
-		}
-	}()
+	defer r.markProbes(ctx, "probes")()
 	for _, p := range r.stage.Probes {
 		res := r.d.Prober.Expect(ctx, p, r.o.ProbeWithin)
 		r.res.Probes = append(r.res.Probes, state.ProbeResult{Name: p.Name, OK: res.OK, Observed: res.Observed.String(), At: r.d.Clock.Now().UTC()})
