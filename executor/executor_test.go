@@ -26,6 +26,7 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/gates"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
@@ -635,7 +636,7 @@ func TestTelemetryCheckedWhenThePlanSawTraffic(t *testing.T) {
 			return nil
 		}, false, `Prometheus's answer to the query for the Istio series of namespace "cart" cannot be judged by: it answered with warnings`},
 		{"series there but every gate blind at baseline", traffic, false, emptyWhere("success"), nil, false,
-			`baseline: no gate of stage 1 can judge namespace "cart" before the change although the plan saw traffic there (success-rate: no baseline: the gate's query had no data before the change`},
+			`baseline: stage 1 cannot judge what the plan saw in namespace "cart" before the change: its health: no gate can judge any of its traffic (success-rate: no baseline: the gate's query had no data before the change`},
 		{"series there and a gate that judges", traffic, false, healthyProm, nil, false, ""},
 		{"the plan saw no traffic: nothing to lose, not checked", plans.Evidence{HasTelemetry: false}, false, empty, nil, false, ""},
 	}
@@ -810,5 +811,71 @@ func TestPreflightRefusesWhenTheTargetNoLongerMatchesThePlan(t *testing.T) {
 	}
 	if len(w.dry) != 0 {
 		t.Fatal("refused stage reached the apply")
+	}
+}
+
+// TestTCPTrafficIsJudgedOrRefused: a namespace serving raw TCP was verified
+// by nothing (every default gate counted requests; probes existed only for
+// HTTP) and recorded done. Now TCP the plan saw must be exercised by a tcp
+// probe or judged by a TCP gate with a baseline, or the stage is refused
+// before any change; --force goes on and says what nobody verified.
+func TestTCPTrafficIsJudgedOrRefused(t *testing.T) {
+	w := plans.Duration(time.Minute)
+	prom := func(tcpSamples float64) func(string, time.Time) (model.Value, error) {
+		return func(q string, ts time.Time) (model.Value, error) {
+			switch {
+			case strings.Contains(q, "connection_security_policy"):
+				return model.Vector{}, nil // no plaintext
+			case strings.HasPrefix(q, "count("):
+				return model.Vector{&model.Sample{Value: 3}}, nil // the series exist
+			case strings.Contains(q, "response_code=~") || strings.Contains(q, "response_flags=~"):
+				if !strings.Contains(q, "increase(") {
+					return model.Vector{&model.Sample{Value: 0}}, nil // no errors
+				}
+			case strings.Contains(q, "istio_tcp_"):
+				if tcpSamples == 0 {
+					return model.Vector{}, nil
+				}
+				return model.Vector{&model.Sample{Value: model.SampleValue(tcpSamples)}}, nil
+			}
+			return model.Vector{&model.Sample{Value: 100}}, nil
+		}
+	}
+	tests := []struct {
+		name       string
+		tcpSamples float64
+		force      bool
+		refused    string
+	}{
+		{"TCP gates blind, request gates judging", 0, false, `cannot judge what the plan saw in namespace "cart" before the change: its TCP connections: no probe exercises them and no gate can judge them`},
+		{"TCP gates with a baseline", 5000, false, ""},
+		{"TCP gates blind, forced", 0, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.prom = prom(tt.tcpSamples)
+			p := testPlan(true, policyDigest(existingPolicy()))
+			p.Stages[0].Evidence = plans.Evidence{HasTelemetry: true, MTLSRequestRate: 5, MTLSConnectionRate: 2}
+			p.Stages[0].Gates = append(gates.Defaults("cart", w), gates.TCPGates("cart", w)...)
+			before := e.policy()
+			res, err, wr := e.run(p, func(_ *Deps, o *Options) { o.Force, o.Reason = tt.force, "checked the redis clients by hand" })
+			if tt.refused != "" {
+				if !IsRefused(err) || !strings.Contains(err.Error(), tt.refused) {
+					t.Fatalf("want refusal %q, got %v", tt.refused, err)
+				}
+				if len(wr.dry) != 0 || e.policy().ResourceVersion != before.ResourceVersion || e.phase() != "" {
+					t.Fatalf("refused stage changed something: applies %v, phase %q", wr.dry, e.phase())
+				}
+				return
+			}
+			if err != nil || res.Outcome != OutcomeDone {
+				t.Fatalf("want done, got %v (%+v)", err, res)
+			}
+			said := strings.Join(res.Notes, "\n")
+			if tt.force != strings.Contains(said, "forced: stage 1 cannot judge what the plan saw") {
+				t.Errorf("notes %q: a forced blind stage must say what nobody verified, and only then", said)
+			}
+		})
 	}
 }

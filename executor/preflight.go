@@ -358,9 +358,12 @@ func (r *run) precheckProbes(ctx context.Context) error {
 	}
 	for _, p := range r.stage.Probes {
 		want := func(o probe.Observation) bool { return probe.Satisfied(p.Expect, o) }
-		what := fmt.Sprintf("HTTP %d", p.Expect.Status)
+		what := p.Expect.String()
 		if p.Expect.Refused {
 			want, what = probe.Answered, "an HTTP answer (plaintext accepted before the change)"
+			if p.Kind == plans.ProbeTCP {
+				what = "an open connection (plaintext accepted before the change)"
+			}
 		}
 		res := r.d.Prober.Until(ctx, p, want, within)
 		r.d.Progress.Step("preflight", "probe before the change", "probe", p.Name, "observed", res.Observed.String(), "ok", res.OK)

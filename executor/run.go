@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
+	"github.com/mtls-migrate/mtls-migrate/internal/gates"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
@@ -347,35 +348,49 @@ func (r *run) baseline(ctx context.Context) error {
 	return nil
 }
 
-// checkNotBlind refuses a stage none of whose gates could judge its own
-// baseline (each would be Inconclusive or an error: no samples, no value)
-// while the plan saw traffic: a soak would judge nothing and end "done".
-// Pre-flight's checkTelemetry already refuses when the Istio series are
-// missing; this catches the series being there with nothing in the gates'
-// window (traffic stopped since the plan, or the gates' own queries match
-// nothing). A gate that can judge without traffic (an absolute gate on the
-// application's own errors, `or vector(0)`) keeps the stage going.
+// checkNotBlind refuses a stage that would verify nothing: a kind of
+// traffic the plan saw (HTTP requests, TCP connections) that no probe of
+// the stage exercises and no gate could judge on the baseline just
+// measured (each would be Inconclusive or an error: no samples, no value).
+// A soak would judge nothing and end "done". The rule is gates.Unjudged,
+// the one the planner blocks stages with (UNVERIFIABLE), here on measured
+// baselines instead of the plan's estimates. Pre-flight's checkTelemetry
+// already refuses when the Istio series are missing; this catches the
+// series being there with nothing in the gates' window (traffic stopped
+// since the plan, or the gates' own queries match nothing). A gate that
+// can judge without traffic (an absolute gate on the application's own
+// errors, `or vector(0)`) keeps the stage going. A forced stage goes on,
+// and the result says what nobody verified.
 func (r *run) checkNotBlind() error {
-	ev := r.stage.Evidence
-	if len(r.gates) == 0 || ev.MTLSRequestRate+ev.PlaintextRequestRate+ev.MTLSConnectionRate+ev.PlaintextConnectionRate <= 0 {
+	byGate := make(map[string]health.Result, len(r.gates))
+	for _, g := range r.gates {
+		b := g.Baseline
+		byGate[g.Gate.Name] = health.Evaluate(g.Gate, b, health.Measurement{Value: b.Value, Samples: b.Samples})
+	}
+	gaps := gates.Unjudged(r.stage, func(g plans.Gate) bool {
+		v := byGate[g.Name].Verdict
+		return v == health.Successful || v == health.Failed
+	})
+	if len(gaps) == 0 {
 		return nil
 	}
 	why := make([]string, 0, len(r.gates))
 	for _, g := range r.gates {
-		b := g.Baseline
-		res := health.Evaluate(g.Gate, b, health.Measurement{Value: b.Value, Samples: b.Samples})
-		if res.Verdict == health.Successful || res.Verdict == health.Failed {
-			return nil
+		if res := byGate[g.Gate.Name]; res.Verdict != health.Successful && res.Verdict != health.Failed {
+			why = append(why, fmt.Sprintf("%s: %s", g.Gate.Name, res.Message))
 		}
-		why = append(why, fmt.Sprintf("%s: %s", g.Gate.Name, res.Message))
 	}
 	where := fmt.Sprintf("namespace %q", r.stage.Namespace)
 	if r.stage.Scope == plans.ScopeMesh {
 		where = "the mesh"
 	}
-	return refusef("baseline: no gate of stage %d can judge %s before the change although the plan saw traffic there (%s); a soak would verify nothing, so nothing was changed: "+
-		"apply when there is traffic again, add a gate that can judge without it (e.g. the application's own error rate), or re-run plan if the traffic is gone for good",
-		r.stage.Number, where, strings.Join(why, "; "))
+	if r.o.Force {
+		r.note(fmt.Sprintf("forced: stage %d cannot judge what the plan saw in %s: %s (%s); the soak verifies nothing about it", r.stage.Number, where, strings.Join(gaps, "; "), strings.Join(why, "; ")))
+		return nil
+	}
+	return refusef("baseline: stage %d cannot judge what the plan saw in %s before the change: %s (%s); a soak would verify nothing, so nothing was changed: "+
+		"apply when there is traffic again, add a probe or a gate that can judge without it (e.g. the application's own error rate), re-run plan if the traffic is gone for good, or --force --reason",
+		r.stage.Number, where, strings.Join(gaps, "; "), strings.Join(why, "; "))
 }
 
 // snapshot re-reads the namespace's policies right before the change,
@@ -528,11 +543,7 @@ func (r *run) probes(ctx context.Context) string {
 		r.res.Probes = append(r.res.Probes, state.ProbeResult{Name: p.Name, OK: res.OK, Observed: res.Observed.String(), At: r.d.Clock.Now().UTC()})
 		r.d.Progress.Step("probes", "probe", "probe", p.Name, "observed", res.Observed.String(), "ok", res.OK, "attempts", res.Attempts)
 		if !res.OK {
-			want := fmt.Sprintf("HTTP %d", p.Expect.Status)
-			if p.Expect.Refused {
-				want = "refused"
-			}
-			return fmt.Sprintf("probe %s: expected %s, got %s after %d attempts", p.Name, want, res.Observed, res.Attempts)
+			return fmt.Sprintf("probe %s: expected %s, got %s after %d attempts", p.Name, p.Expect, res.Observed, res.Attempts)
 		}
 	}
 	return ""

@@ -45,6 +45,7 @@ type nsPlan struct {
 	digest      string
 	probes      []plans.Probe
 	gwProbes    []plans.Probe
+	gates       []plans.Gate
 	inboundRate float64
 	dependents  int
 	disable     bool
@@ -183,6 +184,12 @@ func (e *env) analyse(ns string) *nsPlan {
 	}
 	np.modes = e.modeChanges(ns, plans.ModeStrict)
 	np.probes, np.gwProbes = e.probes(ns)
+	np.gates = e.stageGates(ns, np.evidence)
+	if !np.disable {
+		// A DISABLE namespace's STRICT stage follows its PERMISSIVE one,
+		// which is checked on its own (permissiveStage).
+		np.risks = append(np.risks, e.unverifiable(ns, np.evidence, e.stageProbes(np, true), np.gates)...)
+	}
 	sortRisks(np.risks)
 	np.status = statusOf(np.risks)
 	return np
@@ -227,6 +234,7 @@ func (e *env) evidence(ns string) plans.Evidence {
 		ev.PlaintextRequestRate = round(t.PlaintextRequests / secs)
 		ev.MTLSConnectionRate = round(t.MTLSConnections / secs)
 		ev.PlaintextConnectionRate = round(t.PlaintextConnections / secs)
+		ev.MTLSByteRate = round(t.MTLSBytes / secs)
 	}
 	var bytes float64
 	for _, f := range e.flowsBy[ns] {

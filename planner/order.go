@@ -49,10 +49,7 @@ func (e *env) order(nss []*nsPlan) []plans.Stage {
 }
 
 func (e *env) baseStage(np *nsPlan) plans.Stage {
-	g := gates.Defaults(np.name, e.opts.GateWindow)
-	if np.evidence.PlaintextRequestRate > 0 {
-		g = append(g, gates.PlaintextSources(np.name, e.opts.GateWindow))
-	}
+	g := np.gates
 	return plans.Stage{
 		Namespace: np.name, Scope: plans.ScopeNamespace,
 		Evidence: np.evidence,
@@ -80,6 +77,11 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 			Code: CodeExistingNamespacePolicy, Severity: plans.SeverityInfo, Message: note,
 			Object: plans.ObjectRef{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, Namespace: np.name, Name: st.Policy.Metadata.Name},
 		})
+	}
+	if rs := e.unverifiable(np.name, st.Evidence, st.Probes, st.Gates); len(rs) > 0 {
+		st.Risks = append(st.Risks, rs...)
+		sortRisks(st.Risks)
+		st.Status = plans.StatusBlocked
 	}
 	return st
 }
@@ -132,7 +134,7 @@ func (e *env) meshStage(nss []*nsPlan) plans.Stage {
 	st := plans.Stage{
 		Namespace: root, Scope: plans.ScopeMesh,
 		CurrentMode: e.res.NamespaceMode(root), TargetMode: plans.ModeStrict,
-		Gates: gates.Defaults("", e.opts.GateWindow), Soak: e.opts.Soak,
+		Soak: e.opts.Soak,
 	}
 	if st.CurrentMode == plans.ModeDisable {
 		st.TargetMode = plans.ModePermissive
@@ -158,14 +160,17 @@ func (e *env) meshStage(nss []*nsPlan) plans.Stage {
 		ev.MTLSConnectionRate += np.evidence.MTLSConnectionRate
 		ev.PlaintextConnectionRate += np.evidence.PlaintextConnectionRate
 		ev.PlaintextByteRate += np.evidence.PlaintextByteRate
+		ev.MTLSByteRate += np.evidence.MTLSByteRate
 		ev.Sidecars.Pods += np.evidence.Sidecars.Pods
 		ev.Sidecars.Meshed += np.evidence.Sidecars.Meshed
 		ev.HasTelemetry = ev.HasTelemetry && (np.evidence.HasTelemetry || np.evidence.Sidecars.Meshed == 0)
 	}
 	ev.MTLSRequestRate, ev.PlaintextRequestRate = round(ev.MTLSRequestRate), round(ev.PlaintextRequestRate)
 	ev.MTLSConnectionRate, ev.PlaintextConnectionRate = round(ev.MTLSConnectionRate), round(ev.PlaintextConnectionRate)
-	ev.PlaintextByteRate = round(ev.PlaintextByteRate)
+	ev.PlaintextByteRate, ev.MTLSByteRate = round(ev.PlaintextByteRate), round(ev.MTLSByteRate)
 	st.Evidence = ev
+	st.Gates = e.stageGates("", ev)
+	st.Risks = append(st.Risks, e.unverifiable(root, ev, nil, st.Gates)...)
 	nsRef := plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: root}
 	if len(blocked) > 0 {
 		st.Risks = append(st.Risks, plans.Risk{
@@ -243,4 +248,62 @@ func (e *env) rootWorkloadsOpen() []plans.Risk {
 		}
 	}
 	return out
+}
+
+// stageGates are the health gates of a stage on ns ("" for the mesh): the
+// request gates always; the TCP gates when the namespace serves a port that
+// is not HTTP or the evidence saw TCP connections; and, for a namespace
+// that takes plaintext today (a stage someone may force), gates that see
+// those clients vanish.
+func (e *env) stageGates(ns string, ev plans.Evidence) []plans.Gate {
+	g := gates.Defaults(ns, e.opts.GateWindow)
+	if ev.PlaintextRequestRate > 0 {
+		g = append(g, gates.PlaintextSources(ns, e.opts.GateWindow))
+	}
+	if ev.MTLSConnectionRate+ev.PlaintextConnectionRate+ev.MTLSByteRate+ev.PlaintextByteRate > 0 || e.servesTCP(ns) {
+		g = append(g, gates.TCPGates(ns, e.opts.GateWindow)...)
+	}
+	if ev.PlaintextConnectionRate > 0 {
+		g = append(g, gates.PlaintextConnections(ns, e.opts.GateWindow))
+	}
+	return g
+}
+
+// servesTCP reports whether a Service of ns ("": any) has a TCP port that
+// does not speak HTTP.
+func (e *env) servesTCP(ns string) bool {
+	for n, svcs := range e.ix.ServicesByNS {
+		if ns != "" && n != ns {
+			continue
+		}
+		for _, s := range svcs {
+			for _, sp := range s.Ports {
+				if probeKind(sp) == plans.ProbeTCP {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// unverifiable is the UNVERIFIABLE risk of a stage on ns whose traffic (as
+// the evidence saw it) no probe and no gate of the stage could judge (see
+// gates.Unjudged, which pre-flight applies to the baselines it measures):
+// the soak would look at nothing and the stage would end "done".
+func (e *env) unverifiable(ns string, ev plans.Evidence, probes []plans.Probe, gs []plans.Gate) []plans.Risk {
+	st := plans.Stage{Evidence: ev, Probes: probes, Gates: gs}
+	gaps := gates.Unjudged(&st, gates.Estimate(ev, e.opts.GateWindow))
+	if len(gaps) == 0 {
+		return nil
+	}
+	return []plans.Risk{{
+		Code: CodeUnverifiable, Severity: plans.SeverityBlock,
+		Object: plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: ns},
+		Message: fmt.Sprintf("this stage cannot judge what the plan saw in the namespace: %s (%g requests/s, %g connections/s and %g B/s of TCP on average; a gate needs %d samples in its %s window): a soak would verify nothing and end done",
+			strings.Join(gaps, "; "), round(ev.MTLSRequestRate+ev.PlaintextRequestRate), round(ev.MTLSConnectionRate+ev.PlaintextConnectionRate),
+			round(ev.MTLSByteRate+ev.PlaintextByteRate), gates.DefaultMinSamples, e.opts.GateWindow),
+		Fix: "add to the stage a probe (a tcp probe to a pod's port, an http probe to a Service) or a gate that judges this traffic (the application's own metrics), " +
+			"or apply it with --force --reason once someone has checked the clients by other means",
+	}}
 }

@@ -85,8 +85,17 @@ func TestPlanOnlineBoutique(t *testing.T) {
 	if !gw || !plain {
 		t.Errorf("frontend probes = %+v, want a gateway probe and a plaintext probe", fe.Probes)
 	}
-	if cart := stageOf(p, "cart"); len(cart.Probes) != 1 {
-		t.Errorf("cart probes = %+v, want only the grpc port (redis is not HTTP)", cart.Probes)
+	// The grpc port gets an HTTP probe, redis (not HTTP) a tcp one: both
+	// must be refused under STRICT.
+	cart := stageOf(p, "cart")
+	kinds := map[string]plans.ProbeKind{}
+	for _, pr := range cart.Probes {
+		if pr.Expect.Refused {
+			kinds[pr.Name] = pr.Kind
+		}
+	}
+	if len(cart.Probes) != 2 || kinds["plaintext-cartservice-7070"] != plans.ProbeHTTP || kinds["plaintext-redis-cart-6379"] != plans.ProbeTCP {
+		t.Errorf("cart probes = %+v, want an http refusal on the grpc port and a tcp refusal on redis", cart.Probes)
 	}
 	if lg := stageOf(p, "loadgenerator"); lg.Status != plans.StatusReady || !lg.Evidence.HasTelemetry {
 		t.Errorf("loadgenerator (a client only) = %s telemetry=%v, want ready with telemetry from its source reports", lg.Status, lg.Evidence.HasTelemetry)

@@ -43,6 +43,29 @@ func httpish(sp inventory.ServicePort) bool {
 	return false
 }
 
+// probeKind is the plaintext probe a Service port gets: http for ports
+// that speak HTTP, tcp for other TCP ports (databases, caches, queues:
+// exactly the services a team fears to break, and that no request metric
+// sees), none for UDP/SCTP and for ports whose application speaks TLS
+// itself (Istio's https and tls prefixes): a plaintext line proves nothing
+// there, the application would refuse it under any mode.
+func probeKind(sp inventory.ServicePort) plans.ProbeKind {
+	if sp.Protocol != "" && sp.Protocol != "TCP" {
+		return ""
+	}
+	if httpish(sp) {
+		return plans.ProbeHTTP
+	}
+	proto := strings.ToLower(sp.AppProtocol)
+	if proto == "" {
+		proto, _, _ = strings.Cut(strings.ToLower(sp.Name), "-")
+	}
+	if proto == "https" || proto == "tls" {
+		return ""
+	}
+	return plans.ProbeTCP
+}
+
 // targetPort resolves a Service port's target on a pod (a named target is
 // looked up in the pod's container ports).
 func targetPort(sp inventory.ServicePort, p *inventory.Pod) int32 {
@@ -57,9 +80,10 @@ func targetPort(sp inventory.ServicePort, p *inventory.Pod) int32 {
 	return 0
 }
 
-// probes derives a stage's probes: for each HTTP port of each Service, a
-// plaintext request from the tool's own process (no sidecar) straight to a
-// running meshed pod; and requests through the ingress gateway for the
+// probes derives a stage's probes: for each TCP port of each Service, a
+// plaintext request (an HTTP one on ports that speak HTTP, a tcp probe's
+// line on the others) from the tool's own process (no sidecar) straight to
+// a running meshed pod; and requests through the ingress gateway for the
 // hosts it routes here, which must keep working. What a plaintext probe
 // expects comes from the same what-if as the plan's modes: a port STRICT
 // after the stage must refuse it; a port that stays PERMISSIVE or DISABLE
@@ -87,21 +111,27 @@ func (e *env) probes(ns string) (plaintext, gateway []plans.Probe) {
 		mw := mtlsModeWorkload(ns, byName[pod.Workload])
 		before, afterEff := e.res.Effective(mw), after.Effective(mw)
 		for _, sp := range s.Ports {
-			if !httpish(sp) || (sp.Protocol != "" && sp.Protocol != "TCP") {
+			kind := probeKind(sp)
+			if kind == "" {
 				continue
 			}
 			tp := targetPort(sp, pod)
 			if tp == 0 || pod.Excluded(tp) || before.PortMode(uint32(tp)) == plans.ModeStrict {
 				continue
 			}
+			addr := net.JoinHostPort(pod.IP, strconv.Itoa(int(tp)))
 			pr := plans.Probe{
-				Name: fmt.Sprintf("plaintext-%s-%d", s.Name, sp.Port), Kind: plans.ProbeHTTP,
-				URL:    "http://" + net.JoinHostPort(pod.IP, strconv.Itoa(int(tp))) + "/",
+				Name: fmt.Sprintf("plaintext-%s-%d", s.Name, sp.Port), Kind: kind,
+				URL:    "http://" + addr + "/",
 				Expect: plans.Expect{Refused: true},
+			}
+			stays := plans.Expect{Status: 200}
+			if kind == plans.ProbeTCP {
+				pr.URL, stays = "tcp://"+addr, plans.Expect{Open: true}
 			}
 			if m := afterEff.PortMode(uint32(tp)); m != plans.ModeStrict {
 				pr.Name = fmt.Sprintf("plaintext-%s-%s-%d", strings.ToLower(string(m)), s.Name, sp.Port)
-				pr.Expect = plans.Expect{Status: 200}
+				pr.Expect = stays
 			}
 			plaintext = append(plaintext, pr)
 		}

@@ -34,6 +34,7 @@ const (
 	CodeNamespaceExcluded       = "NAMESPACE_EXCLUDED"
 	CodeAmbientNamespace        = "AMBIENT_NAMESPACE"
 	CodeGitOpsManaged           = "GITOPS_MANAGED"
+	CodeUnverifiable            = "UNVERIFIABLE"
 )
 
 type riskCheck func(e *env, ns string, np *nsPlan) []plans.Risk

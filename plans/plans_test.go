@@ -61,6 +61,23 @@ func TestSaveFileThenLoadFile(t *testing.T) {
 	}
 }
 
+// TestLoadAcceptsTCPProbes: the probes the planner writes for ports that do
+// not speak HTTP load back as written.
+func TestLoadAcceptsTCPProbes(t *testing.T) {
+	for _, expect := range []string{"refused: true", "open: true"} {
+		doc := strings.Replace(string(loadValid(t)), "        kind: http\n        url: http://127.1.0.5:7070/\n        expect:\n          refused: true",
+			"        kind: tcp\n        url: tcp://127.1.0.5:7070\n        expect:\n          "+expect, 1)
+		p, err := Load("p.yaml", []byte(doc))
+		if err != nil {
+			t.Fatalf("%s: %v", expect, err)
+		}
+		pr := p.Stages[0].Probes[0]
+		if pr.Kind != ProbeTCP || pr.Expect.Refused != (expect == "refused: true") || pr.Expect.Open != (expect == "open: true") {
+			t.Fatalf("%s: loaded %+v", expect, pr)
+		}
+	}
+}
+
 // TestLoadRejects covers each validation rule: the message must name the
 // field and the line, so a reviewer can find the typo.
 func TestLoadRejects(t *testing.T) {
@@ -85,6 +102,11 @@ func TestLoadRejects(t *testing.T) {
 		{"mode mismatch", "          mode: STRICT\n    probes", "          mode: PERMISSIVE\n    probes", 57, "stages[0].policy.spec.mtls.mode"},
 		{"wrong api version", "apiVersion: mtls-migrate.io/v1alpha1", "apiVersion: mtls-migrate.io/v9", 1, "apiVersion"},
 		{"expect both", "          refused: true\n      - name: gateway", "          refused: true\n          status: 200\n      - name: gateway", 63, "expect either status or refused"},
+		{"tcp probe with a path", "        kind: http\n        url: http://127.1.0.5:7070/", "        kind: tcp\n        url: tcp://127.1.0.5:7070/admin", 61, "stages[0].probes[0].url: \"tcp://127.1.0.5:7070/admin\" must be tcp://host:port and nothing more"},
+		{"tcp probe without a port", "        kind: http\n        url: http://127.1.0.5:7070/", "        kind: tcp\n        url: tcp://127.1.0.5", 61, "must name a host and a port"},
+		{"tcp probe expecting a status", "        kind: http\n        url: http://127.1.0.5:7070/\n        expect:\n          refused: true", "        kind: tcp\n        url: tcp://127.1.0.5:7070\n        expect:\n          status: 200", 63, "a tcp probe has no HTTP status"},
+		{"tcp probe expecting both", "        kind: http\n        url: http://127.1.0.5:7070/\n        expect:\n          refused: true", "        kind: tcp\n        url: tcp://127.1.0.5:7070\n        expect:\n          refused: true\n          open: true", 63, "either refused: true or open: true"},
+		{"http probe expecting open", "        expect:\n          refused: true\n      - name: gateway", "        expect:\n          open: true\n      - name: gateway", 63, "open belongs to tcp probes"},
 		{"exec without pod", "        pod: default/testcurl\n", "", 70, "stages[0].probes[2].pod"},
 		{"exec with its own command", "        container: curl\n", "        container: curl\n        command: [sh, -c, 'cat /var/run/secrets/kubernetes.io/serviceaccount/token']\n", 75, "stages[0].probes[2].command: a custom command is not allowed"},
 		{"mesh stage not last", "    scope: mesh", "    scope: cluster", 88, "must be namespace or mesh"},

@@ -2,6 +2,9 @@ package plans
 
 import (
 	"fmt"
+	"net"
+	"net/url"
+	"strconv"
 	"time"
 )
 
@@ -103,14 +106,16 @@ type Stage struct {
 type Evidence struct {
 	// HasTelemetry is false when Prometheus had no Istio series for the
 	// namespace's workloads: "no data" is never read as "no plaintext".
-	HasTelemetry            bool     `yaml:"hasTelemetry" json:"hasTelemetry"`
-	MTLSRequestRate         float64  `yaml:"mtlsRequestRate" json:"mtlsRequestRate"`
-	PlaintextRequestRate    float64  `yaml:"plaintextRequestRate" json:"plaintextRequestRate"`
-	MTLSConnectionRate      float64  `yaml:"mtlsConnectionRate" json:"mtlsConnectionRate"`
-	PlaintextConnectionRate float64  `yaml:"plaintextConnectionRate" json:"plaintextConnectionRate"`
-	PlaintextByteRate       float64  `yaml:"plaintextByteRate,omitempty" json:"plaintextByteRate,omitempty"`
-	PlaintextSources        []Source `yaml:"plaintextSources,omitempty" json:"plaintextSources,omitempty"`
-	Sidecars                Coverage `yaml:"sidecars" json:"sidecars"`
+	HasTelemetry            bool    `yaml:"hasTelemetry" json:"hasTelemetry"`
+	MTLSRequestRate         float64 `yaml:"mtlsRequestRate" json:"mtlsRequestRate"`
+	PlaintextRequestRate    float64 `yaml:"plaintextRequestRate" json:"plaintextRequestRate"`
+	MTLSConnectionRate      float64 `yaml:"mtlsConnectionRate" json:"mtlsConnectionRate"`
+	PlaintextConnectionRate float64 `yaml:"plaintextConnectionRate" json:"plaintextConnectionRate"`
+	// Byte rates are bytes received over TCP connections.
+	MTLSByteRate      float64  `yaml:"mtlsByteRate,omitempty" json:"mtlsByteRate,omitempty"`
+	PlaintextByteRate float64  `yaml:"plaintextByteRate,omitempty" json:"plaintextByteRate,omitempty"`
+	PlaintextSources  []Source `yaml:"plaintextSources,omitempty" json:"plaintextSources,omitempty"`
+	Sidecars          Coverage `yaml:"sidecars" json:"sidecars"`
 }
 
 // Source is one client sending plaintext into the namespace. Workload
@@ -216,6 +221,10 @@ const (
 	ProbeHTTP ProbeKind = "http"
 	// ProbeExec runs a command (curl by default) in an existing pod.
 	ProbeExec ProbeKind = "exec"
+	// ProbeTCP opens a plaintext TCP connection from the tool's own process
+	// to URL "tcp://host:port" and writes one line: for ports that do not
+	// speak HTTP (databases, caches, queues).
+	ProbeTCP ProbeKind = "tcp"
 )
 
 // Probe is one check made after the policy reached the proxies.
@@ -235,11 +244,46 @@ type Probe struct {
 	Expect  Expect   `yaml:"expect" json:"expect"`
 }
 
-// Expect is a probe's expectation: an HTTP status, or that the connection is
-// refused or reset (what a plaintext client sees under STRICT).
+// TCPAddress is the host:port of a tcp probe's URL "tcp://host:port"; it
+// refuses anything else (a path, a query, userinfo, a missing port), so
+// what the probe connects to is exactly what the reviewer read.
+func TCPAddress(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a URL: %w", raw, err)
+	}
+	if u.Scheme != "tcp" || u.Opaque != "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("%q must be tcp://host:port and nothing more", raw)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil || host == "" || port == "" {
+		return "", fmt.Errorf("%q must name a host and a port: tcp://host:port", raw)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("%q: port %q is not 1-65535", raw, port)
+	}
+	return u.Host, nil
+}
+
+// Expect is a probe's expectation: an HTTP status, that the connection is
+// refused or reset (what a plaintext client sees under STRICT), or, for a
+// TCP probe, that the connection is accepted and answers or stays open
+// (a port that still takes plaintext).
 type Expect struct {
 	Status  int  `yaml:"status,omitempty" json:"status,omitempty"`
 	Refused bool `yaml:"refused,omitempty" json:"refused,omitempty"`
+	Open    bool `yaml:"open,omitempty" json:"open,omitempty"`
+}
+
+// String says what the expectation wants, for messages.
+func (e Expect) String() string {
+	switch {
+	case e.Refused:
+		return "refused"
+	case e.Open:
+		return "an open connection"
+	}
+	return fmt.Sprintf("HTTP %d", e.Status)
 }
 
 // Comparison is how a gate's value is compared with its threshold.

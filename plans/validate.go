@@ -89,6 +89,12 @@ func (v *validator) httpURL(field, raw string) {
 	}
 }
 
+func (v *validator) tcpURL(field, raw string) {
+	if _, err := TCPAddress(raw); err != nil {
+		v.add(field, "%v", err)
+	}
+}
+
 func (v *validator) stage(p *Plan, i int, seen map[string]Mode) {
 	s := &p.Stages[i]
 	f := func(name string) string { return fmt.Sprintf("stages[%d].%s", i, name) }
@@ -197,9 +203,9 @@ func (v *validator) probe(field string, pr *Probe, names map[string]bool) {
 	}
 	names[pr.Name] = true
 	switch pr.Kind {
-	case ProbeHTTP:
+	case ProbeHTTP, ProbeTCP:
 		if pr.Pod != "" || pr.Container != "" || len(pr.Command) > 0 {
-			v.add(field+".kind", "pod, container and command belong to exec probes, not http")
+			v.add(field+".kind", "pod, container and command belong to exec probes, not %s", pr.Kind)
 		}
 	case ProbeExec:
 		if pr.Pod == "" {
@@ -211,11 +217,14 @@ func (v *validator) probe(field string, pr *Probe, names map[string]bool) {
 			v.add(field+".command", "a custom command is not allowed: an exec probe runs curl on its url; remove command")
 		}
 	default:
-		v.add(field+".kind", "must be http or exec, got %q", pr.Kind)
+		v.add(field+".kind", "must be http, tcp or exec, got %q", pr.Kind)
 	}
-	if pr.URL == "" {
+	switch {
+	case pr.URL == "":
 		v.add(field+".url", "a probe needs a URL")
-	} else if pr.URL != "" {
+	case pr.Kind == ProbeTCP:
+		v.tcpURL(field+".url", pr.URL)
+	default:
 		v.httpURL(field+".url", pr.URL)
 	}
 	if pr.Resolve != "" {
@@ -223,7 +232,21 @@ func (v *validator) probe(field string, pr *Probe, names map[string]bool) {
 			v.add(field+".resolve", "%v", err)
 		}
 	}
+	if pr.Kind == ProbeTCP {
+		switch {
+		case pr.Expect.Status != 0:
+			v.add(field+".expect.status", "a tcp probe has no HTTP status: expect refused: true or open: true")
+		case pr.Expect.Refused == pr.Expect.Open:
+			v.add(field+".expect", "a tcp probe expects either refused: true or open: true")
+		}
+		if pr.Resolve != "" {
+			v.add(field+".resolve", "resolve belongs to http and exec probes; a tcp probe's url names the address")
+		}
+		return
+	}
 	switch {
+	case pr.Expect.Open:
+		v.add(field+".expect.open", "open belongs to tcp probes; an %s probe expects status: N or refused: true", pr.Kind)
 	case pr.Expect.Refused && pr.Expect.Status != 0:
 		v.add(field+".expect", "expect either status or refused, not both")
 	case !pr.Expect.Refused && pr.Expect.Status == 0:

@@ -93,11 +93,11 @@ func Evaluate(g plans.Gate, b *Baseline, m Measurement) Result {
 		case math.IsNaN(m.Samples):
 			// No requests at all in the interval: nothing to judge by.
 			r.Verdict = Inconclusive
-			r.Message = fmt.Sprintf("not enough data: no requests behind the gate (need %d)", g.MinSamples)
+			r.Message = fmt.Sprintf("not enough data: no samples behind the gate (need %d)", g.MinSamples)
 			return r
 		case m.Samples < float64(g.MinSamples):
 			r.Verdict = Inconclusive
-			r.Message = fmt.Sprintf("not enough data: %.0f requests, need %d", m.Samples, g.MinSamples)
+			r.Message = fmt.Sprintf("not enough data: %.0f samples, need %d", m.Samples, g.MinSamples)
 			return r
 		}
 	}
@@ -209,7 +209,7 @@ func (t *Tracker) Observe(r Result) (failed bool, reason string) {
 }
 
 func (t *Tracker) vanished(when string) string {
-	return fmt.Sprintf("gate %s: not enough requests to judge in %s (%s), although the baseline had %.0f: the traffic it watches vanished",
+	return fmt.Sprintf("gate %s: not enough samples to judge in %s (%s), although the baseline had %.0f: the traffic it watches vanished",
 		t.Gate.Name, when, t.Last.Message, t.Baseline.Samples)
 }
 

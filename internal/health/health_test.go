@@ -36,8 +36,8 @@ func TestEvaluateEveryOutcome(t *testing.T) {
 	}{
 		{"success rate within tolerance", success, base, Measurement{Value: 0.985, Samples: 50}, Successful, ""},
 		{"success rate below baseline minus tolerance", success, base, Measurement{Value: 0.90, Samples: 50}, Failed, "is not >="},
-		{"too few requests", success, base, Measurement{Value: 0.5, Samples: 3}, Inconclusive, "not enough data: 3 requests, need 10"},
-		{"no requests at all", success, base, Measurement{Value: nan, Samples: nan}, Inconclusive, "no requests"},
+		{"too few requests", success, base, Measurement{Value: 0.5, Samples: 3}, Inconclusive, "not enough data: 3 samples, need 10"},
+		{"no requests at all", success, base, Measurement{Value: nan, Samples: nan}, Inconclusive, "no samples"},
 		{"NaN value with samples", success, base, Measurement{Value: nan, Samples: 50}, Error, "no data"},
 		{"query error", success, base, Measurement{Err: errors.New("connection refused")}, Error, "query failed"},
 		{"rate kept", rate, &Baseline{Value: 10, Samples: nan}, Measurement{Value: 9, Samples: nan}, Successful, ""},
@@ -77,9 +77,9 @@ func TestTrackerConsecutiveErrorsFailAfterK(t *testing.T) {
 func TestTrackerVanishingSamples(t *testing.T) {
 	g := plans.Gate{Name: "g", MinSamples: 10}
 	ok := Result{Gate: "g", Verdict: Successful, Samples: 50}
-	few := Result{Gate: "g", Verdict: Inconclusive, Samples: 3, Message: "not enough data: 3 requests, need 10"}
-	zero := Result{Gate: "g", Verdict: Inconclusive, Samples: 0, Message: "not enough data: 0 requests, need 10"}
-	none := Result{Gate: "g", Verdict: Inconclusive, Samples: nan, Message: "not enough data: no requests behind the gate (need 10)"}
+	few := Result{Gate: "g", Verdict: Inconclusive, Samples: 3, Message: "not enough data: 3 samples, need 10"}
+	zero := Result{Gate: "g", Verdict: Inconclusive, Samples: 0, Message: "not enough data: 0 samples, need 10"}
+	none := Result{Gate: "g", Verdict: Inconclusive, Samples: nan, Message: "not enough data: no samples behind the gate (need 10)"}
 	errNaN := Result{Gate: "g", Verdict: Error, Samples: 50, Message: "no data (empty result or NaN): never read as healthy"}
 	noBase := Result{Gate: "g", Verdict: Inconclusive, Samples: 50, Message: "no baseline"}
 	had, thin := &Baseline{Value: 1, Samples: 100}, &Baseline{Value: 1, Samples: 3}
@@ -91,9 +91,9 @@ func TestTrackerVanishingSamples(t *testing.T) {
 		finish   bool
 		reason   string
 	}{
-		{"few samples after a judged tick fail after K", had, []Result{ok, few, few, few}, 3, false, "not enough requests to judge in 3 consecutive measurements"},
+		{"few samples after a judged tick fail after K", had, []Result{ok, few, few, few}, 3, false, "not enough samples to judge in 3 consecutive measurements"},
 		{"no data (NaN samples) after a judged tick fails after K", had, []Result{ok, none, none, none}, 3, false, "although the baseline had 100: the traffic it watches vanished"},
-		{"zero samples after a judged tick fail after K", had, []Result{ok, ok, zero, zero, zero}, 4, false, "0 requests"},
+		{"zero samples after a judged tick fail after K", had, []Result{ok, ok, zero, zero, zero}, 4, false, "0 samples"},
 		{"recovery resets the count", had, []Result{ok, few, few, ok, few, few, ok}, -1, false, ""},
 		{"errors neither reset nor extend the run", had, []Result{ok, few, errNaN, few, few}, 4, false, "3 consecutive measurements"},
 		{"soak ending in a short run of few samples fails at the end", had, []Result{ok, ok, few}, -1, true, "the last 1 measurement(s) of the soak"},
@@ -281,7 +281,7 @@ func TestRunnerJudgesEachCheckByItsOwnSettings(t *testing.T) {
 		healthy  bool
 		reason   string
 	}{
-		{"baseline had requests: vanished traffic fails", &Baseline{Value: 5, Samples: 100}, false, "gate rate: not enough requests to judge in 3 consecutive measurements (not enough data: 0 requests, need 10), although the baseline had 100"},
+		{"baseline had requests: vanished traffic fails", &Baseline{Value: 5, Samples: 100}, false, "gate rate: not enough samples to judge in 3 consecutive measurements (not enough data: 0 samples, need 10), although the baseline had 100"},
 		{"baseline had none: inconclusive throughout is not a failure", &Baseline{Value: nan, Samples: nan}, true, ""},
 		{"no baseline", nil, true, ""},
 	}

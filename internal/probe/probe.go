@@ -4,7 +4,10 @@
 // subresource. Under STRICT, Envoy's inbound listener has no filter chain
 // for plaintext and closes the connection: a plaintext client sees the
 // connection refused, reset, or closed before any response. That is what
-// `expect: {refused: true}` means.
+// `expect: {refused: true}` means. For ports that do not speak HTTP, a tcp
+// probe opens a plaintext connection and writes a line: STRICT closes it,
+// PERMISSIVE passes it to the application, which answers or keeps it open
+// (`expect: {open: true}`).
 package probe
 
 import (
@@ -26,6 +29,9 @@ type Observation struct {
 	Refused bool
 	// Status is the HTTP status when a response came (0 otherwise).
 	Status int
+	// Open: a tcp probe's connection was accepted and answered, or stayed
+	// open, after its line: a plaintext chain took it.
+	Open bool
 	// Err is any other failure (timeout, DNS, exec error): neither an answer
 	// nor a refusal, so it satisfies no expectation.
 	Err error
@@ -35,6 +41,8 @@ func (o Observation) String() string {
 	switch {
 	case o.Status != 0:
 		return fmt.Sprintf("HTTP %d", o.Status)
+	case o.Open:
+		return "open"
 	case o.Refused:
 		return "refused"
 	case o.Err != nil:
@@ -45,15 +53,20 @@ func (o Observation) String() string {
 
 // Satisfied reports whether o meets the expectation.
 func Satisfied(e plans.Expect, o Observation) bool {
-	if e.Refused {
+	switch {
+	case e.Refused:
 		return o.Refused
+	case e.Open:
+		return o.Open
 	}
 	return e.Status != 0 && o.Status == e.Status
 }
 
-// Answered reports whether any HTTP response came: what a refused-probe
-// must see before the change (and after a rollback) to prove anything.
-func Answered(o Observation) bool { return o.Status != 0 }
+// Answered reports whether the target took the plaintext connection: any
+// HTTP response, or a tcp probe's connection that stayed open. That is
+// what a refused-probe must see before the change (and after a rollback)
+// to prove anything.
+func Answered(o Observation) bool { return o.Status != 0 || o.Open }
 
 // isRefusal classifies a transport error as the refusal a plaintext client
 // gets from a STRICT listener.
@@ -94,6 +107,8 @@ func (p *Prober) Once(ctx context.Context, pr plans.Probe) Observation {
 		return p.httpOnce(ctx, pr)
 	case plans.ProbeExec:
 		return p.execOnce(ctx, pr)
+	case plans.ProbeTCP:
+		return p.tcpOnce(ctx, pr)
 	}
 	return Observation{Err: fmt.Errorf("unknown probe kind %q", pr.Kind)}
 }

@@ -108,6 +108,9 @@ type Traffic struct {
 	PlaintextRequests    float64
 	MTLSConnections      float64
 	PlaintextConnections float64
+	// Bytes received over TCP connections.
+	MTLSBytes      float64
+	PlaintextBytes float64
 	// Sources are the distinct source namespaces seen calling (any
 	// security policy), excluding the namespace itself and "unknown".
 	Sources map[string]struct{}
@@ -201,10 +204,11 @@ const (
 type metric struct{ kind, name string }
 
 var (
-	aggregateMetrics = []metric{{kindRequests, istiometrics.RequestsTotal}, {kindConnections, istiometrics.TCPConnectionsOpened}}
 	// A long-lived connection opened before the window shows no new
-	// connections_opened; its bytes do.
-	detailMetrics = append(aggregateMetrics[:len(aggregateMetrics):len(aggregateMetrics)], metric{kindBytes, istiometrics.TCPReceivedBytes})
+	// connections_opened; its bytes do (Istio reports the bytes of open
+	// connections periodically). The TCP gates' estimate needs them too.
+	aggregateMetrics = []metric{{kindRequests, istiometrics.RequestsTotal}, {kindConnections, istiometrics.TCPConnectionsOpened}, {kindBytes, istiometrics.TCPReceivedBytes}}
+	detailMetrics    = aggregateMetrics
 )
 
 // Queries returns the PromQL queries Fetch runs, in order: aggregate
@@ -425,6 +429,12 @@ func (r *Result) parseAggregate(v model.Value, ranged bool) error {
 				t.MTLSConnections += total
 			} else {
 				t.PlaintextConnections += total
+			}
+		case kindBytes:
+			if mtls {
+				t.MTLSBytes += total
+			} else {
+				t.PlaintextBytes += total
 			}
 		}
 	})

@@ -44,7 +44,8 @@ func TestQueriesAreInstantTotalsOverTheWindow(t *testing.T) {
 	rose := `sum by (` + flow + `) (increase(istio_requests_total` + plain + `[1h5m])) > 0 or sum by (` + flow + `) (increase(istio_tcp_connections_opened_total` + plain + `[1h5m])) > 0 or sum by (` + flow + `) (increase(istio_tcp_received_bytes_total` + plain + `[1h5m])) > 0`
 	want := []string{
 		`label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_requests_total{reporter=~"source|destination"}[1w])), "mm_kind", "requests", "", "")` +
-			` or label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_tcp_connections_opened_total{reporter=~"source|destination"}[1w])), "mm_kind", "connections", "", "")`,
+			` or label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_tcp_connections_opened_total{reporter=~"source|destination"}[1w])), "mm_kind", "connections", "", "")` +
+			` or label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_tcp_received_bytes_total{reporter=~"source|destination"}[1w])), "mm_kind", "bytes", "", "")`,
 		`label_replace(sum by (` + flow + `) (increase(istio_requests_total` + plain + `[1w])) > 0, "mm_kind", "requests", "", "")` +
 			` or label_replace(sum by (` + flow + `) (increase(istio_tcp_connections_opened_total` + plain + `[1w])) > 0, "mm_kind", "connections", "", "")` +
 			` or label_replace(sum by (` + flow + `) (increase(istio_tcp_received_bytes_total` + plain + `[1w])) > 0, "mm_kind", "bytes", "", "")` +
@@ -212,7 +213,9 @@ func TestFetchTotalsAndLastSeenWithAndWithoutSteps(t *testing.T) {
 			t.Errorf("steps %d: %d instant, %d range queries of step %s", steps, q.instant, q.ranged, q.step)
 		}
 		in := res.Inbound["orders"]
-		if in == nil || in.MTLSRequests != week.Seconds() || in.PlaintextRequests != (week-3*time.Hour).Seconds() || in.PlaintextConnections != 1 {
+		// The pooled client's bytes count in the totals too: its only
+		// connection opened once, the TCP gates need its bytes.
+		if in == nil || in.MTLSRequests != week.Seconds() || in.PlaintextRequests != (week-3*time.Hour).Seconds() || in.PlaintextConnections != 1 || in.PlaintextBytes != 1000 || in.MTLSBytes != 0 {
 			t.Fatalf("steps %d: inbound = %+v", steps, in)
 		}
 		if _, ok := in.Sources["web"]; !ok || !res.Reporting["web"] || !res.Reporting["orders"] {
