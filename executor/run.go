@@ -367,10 +367,14 @@ func (r *run) checkNotBlind() error {
 		b := g.Baseline
 		byGate[g.Gate.Name] = health.Evaluate(g.Gate, b, health.Measurement{Value: b.Value, Samples: b.Samples})
 	}
-	gaps := gates.Unjudged(r.stage, func(g plans.Gate) bool {
+	judges := func(g plans.Gate) bool {
 		v := byGate[g.Name].Verdict
 		return v == health.Successful || v == health.Failed
-	})
+	}
+	gaps := gates.Unjudged(r.stage, judges)
+	if b := gates.Blind(r.stage, judges); b != "" {
+		gaps = append(gaps, b)
+	}
 	if len(gaps) == 0 {
 		return nil
 	}

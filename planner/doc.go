@@ -20,6 +20,7 @@
 //	EXTERNAL_SERVICE              block     a LoadBalancer/NodePort/externalIPs Service selects meshed pods (plaintext from outside the cluster)
 //	DESTINATION_RULE_TLS_DISABLE  block     a DestinationRule anywhere in the mesh sends plaintext to a host of the namespace
 //	WEBHOOK_BACKEND               block     an admission webhook, APIService or CRD conversion webhook is served by meshed pods here
+//	UNVERIFIABLE                  block     a kind of traffic the plan saw (HTTP requests, TCP connections) that no probe of the stage exercises and no gate would have the samples to judge (gates.Unjudged, which pre-flight applies too)
 //	SIDECAR_MISSING               review    running pods without a sidecar (STRICT does not cover them)
 //	WORKLOAD_POLICY_OVERRIDE      review    a workload or port policy keeps PERMISSIVE or DISABLE after the stage
 //	EXCLUDED_INBOUND_PORTS        review    ports excluded from inbound capture stay plaintext and unaffected

@@ -55,44 +55,50 @@ func Carried(ev plans.Evidence) []Traffic {
 	return out
 }
 
-// Unjudged says what of the stage's traffic (as its evidence saw it) the
-// stage cannot judge, one phrase per gap, or nothing:
-//   - a kind of traffic (HTTP requests, TCP connections) that neither a
-//     probe of that kind nor a gate of that kind that can judge (judges)
-//     covers: nothing would look at it;
-//   - traffic but no gate at all that can judge: probes show the mode took
-//     effect, only gates show the clients still work, and a soak of blind
-//     gates ends "done" whatever happened.
+// Unjudged says which kinds of traffic the stage carries (as its evidence
+// saw them) that neither a probe of that kind nor a gate of that kind that
+// can judge (judges) covers, one phrase each: nothing would look at them,
+// and a soak would end "done" whatever happened to them.
 //
 // The planner asks it with estimates from the evidence (Estimate) and
 // blocks the stage (UNVERIFIABLE); pre-flight asks it with the baselines it
 // measured and refuses. One rule for both, so the plan never offers a stage
-// that apply would refuse for this.
+// that apply would refuse for this. Pre-flight also refuses when no gate at
+// all can judge right now (Blind): that depends on the traffic at apply
+// time, which no plan can promise.
 func Unjudged(st *plans.Stage, judges func(plans.Gate) bool) []string {
-	carried := Carried(st.Evidence)
-	if len(carried) == 0 {
-		return nil
-	}
 	probed, judged := map[Traffic]bool{}, map[Traffic]bool{}
 	for _, p := range st.Probes {
 		probed[ProbeTraffic(p)] = true
 	}
-	anyGate := false
 	for _, g := range st.Gates {
 		if judges(g) {
-			judged[TrafficOf(g)], anyGate = true, true
+			judged[TrafficOf(g)] = true
 		}
 	}
 	var out []string
-	for _, k := range carried {
+	for _, k := range Carried(st.Evidence) {
 		if !probed[k] && !judged[k] && !judged[AnyTraffic] {
 			out = append(out, fmt.Sprintf("its %s: no probe exercises them and no gate can judge them", k))
 		}
 	}
-	if !anyGate {
-		out = append(out, "its health: no gate can judge any of its traffic")
-	}
 	return out
+}
+
+// Blind says, for a stage whose evidence saw traffic, that no gate can
+// judge any of it: probes show the mode took effect, only gates show the
+// clients still work, and a soak of blind gates ends "done" whatever
+// happened. "" when some gate judges or the plan saw no traffic.
+func Blind(st *plans.Stage, judges func(plans.Gate) bool) string {
+	if len(Carried(st.Evidence)) == 0 {
+		return ""
+	}
+	for _, g := range st.Gates {
+		if judges(g) {
+			return ""
+		}
+	}
+	return "its health: no gate can judge any of its traffic"
 }
 
 // Estimate is the planner's judges for Unjudged: whether gate g will have

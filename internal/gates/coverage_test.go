@@ -26,8 +26,8 @@ func TestTrafficOf(t *testing.T) {
 }
 
 // TestUnjudged: the rule the planner blocks with and pre-flight refuses
-// with. Each kind of traffic the evidence saw needs a probe or a judging
-// gate of its kind, and some gate must judge at all.
+// with (each kind of traffic the evidence saw needs a probe or a judging
+// gate of its kind), and pre-flight's own (some gate must judge at all).
 func TestUnjudged(t *testing.T) {
 	w := plans.Duration(time.Minute)
 	http, tcp := Defaults("cart", w), TCPGates("cart", w)
@@ -65,6 +65,9 @@ func TestUnjudged(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			st := &plans.Stage{Evidence: tt.ev, Probes: tt.probes, Gates: tt.gates}
 			got := Unjudged(st, tt.judges)
+			if b := Blind(st, tt.judges); b != "" {
+				got = append(got, b)
+			}
 			if len(got) != len(tt.want) {
 				t.Fatalf("gaps %q, want %d matching %q", got, len(tt.want), tt.want)
 			}
