@@ -189,16 +189,20 @@ func eventually(d time.Duration, check func() string) string {
 // legacy-permissive, patched in place) can be taken STRICT healthily, and
 // storefront (a policy the stage creates) carries a plan gate that always
 // fails (vector(1) >= 2), which forces its rollback.
-func TestE2ECrashedRunIsResumed(t *testing.T) {
-	s := startScenario(t, "trap-existing-policy.yaml", func(scn *scenario.Scenario) {
-		flows := scn.Flows[:0]
-		for _, f := range scn.Flows {
-			if f.Name != "auditor-inventory" {
-				flows = append(flows, f)
-			}
+// meshedOnly is trap-existing-policy without its sidecar-less auditor and
+// with a meshed flow into storefront: both namespaces receive mTLS only.
+func meshedOnly(scn *scenario.Scenario) {
+	flows := scn.Flows[:0]
+	for _, f := range scn.Flows {
+		if f.Name != "auditor-inventory" {
+			flows = append(flows, f)
 		}
-		scn.Flows = append(flows, scenario.Flow{Name: "inventory-storefront", From: "inventory/inventory", To: "storefront.storefront:80", Rate: 2})
-	})
+	}
+	scn.Flows = append(flows, scenario.Flow{Name: "inventory-storefront", From: "inventory/inventory", To: "storefront.storefront:80", Rate: 2})
+}
+
+func TestE2ECrashedRunIsResumed(t *testing.T) {
+	s := startScenario(t, "trap-existing-policy.yaml", meshedOnly)
 	createStateNamespace(t, s)
 	p := &product{t: t, bin: buildProduct(t), s: s}
 	waitTelemetry(t, s, 10*time.Second)
