@@ -13,10 +13,11 @@ demo: sandbox-deps
 ## test: install what is needed, then lint, unit tests (race detector) and end-to-end tests in the sandbox.
 test: setup lint unit e2e
 
-## sandbox-deps: Prometheus (Debian package) and kube-apiserver built from source, cached.
+## sandbox-deps: Prometheus (Debian package), kube-apiserver and istiod built from source, cached.
 sandbox-deps:
 	bash scripts/install-prometheus.sh
 	bash scripts/build-kube-apiserver.sh >/dev/null
+	bash scripts/build-istiod.sh >/dev/null
 
 ## setup: the sandbox's dependencies and golangci-lint (pinned, cached).
 setup: sandbox-deps

@@ -8,6 +8,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiosync"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
@@ -43,6 +45,15 @@ type Deps struct {
 	Clock    clock.Clock
 	Progress Progress
 	Log      *slog.Logger
+	// Sync reads istiod's sync status, so the probes start once every
+	// proxy has the change; nil: the settle time is waited instead.
+	Sync Propagator
+}
+
+// Propagator waits until every proxy of a namespace ("" for all) has
+// acknowledged configuration istiod sent after since (istiosync.Client).
+type Propagator interface {
+	Wait(ctx context.Context, clk clock.Clock, namespace string, expected int, since time.Time, within, interval time.Duration) (istiosync.Propagation, error)
 }
 
 // Options are one run's inputs.
@@ -65,8 +76,12 @@ type Options struct {
 	// owner in the state, which every state write checks (fencing).
 	RunID string
 	// Settle is the wait after the apply for the change to reach the
-	// proxies and drain old connections, before the probes.
-	Settle               time.Duration
+	// proxies, before the probes, when istiod's sync status cannot tell
+	// (no Deps.Sync, or it failed).
+	Settle time.Duration
+	// SyncTimeout bounds the wait for every proxy to acknowledge the
+	// change (Deps.Sync); past it the settle time is waited instead.
+	SyncTimeout          time.Duration
 	GateInterval         time.Duration
 	MaxConsecutiveErrors int
 	// ProbeWithin bounds each probe's retries.
@@ -107,7 +122,12 @@ type Result struct {
 	Probes      []state.ProbeResult              `json:"probes,omitempty"`
 	Gates       []state.GateValue                `json:"gates,omitempty"`
 	Rollback    []rollback.StageReport           `json:"rollback,omitempty"`
-	Notes       []string                         `json:"notes,omitempty"`
+	// Propagation is how the change reached the proxies (see
+	// state.StageState.Propagation); PropagatedIn the measured time, 0
+	// when it was not measured.
+	Propagation  string        `json:"propagation,omitempty"`
+	PropagatedIn time.Duration `json:"propagatedIn,omitempty"`
+	Notes        []string      `json:"notes,omitempty"`
 }
 
 // RefusedError says pre-flight refused the stage; nothing was touched.
@@ -150,6 +170,7 @@ func IsRefused(err error) bool {
 // both.
 const (
 	DefaultSettle               = 5 * time.Second
+	DefaultSyncTimeout          = 60 * time.Second
 	DefaultGateInterval         = 10 * time.Second
 	DefaultMaxConsecutiveErrors = 3
 	DefaultProbeWithin          = 30 * time.Second
@@ -172,6 +193,9 @@ func (d *Deps) defaults() {
 func (o *Options) defaults() {
 	if o.Settle <= 0 {
 		o.Settle = DefaultSettle
+	}
+	if o.SyncTimeout <= 0 {
+		o.SyncTimeout = DefaultSyncTimeout
 	}
 	if o.GateInterval <= 0 {
 		o.GateInterval = DefaultGateInterval

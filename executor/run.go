@@ -14,10 +14,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/gates"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
@@ -131,9 +133,8 @@ func (r *run) execute(ctx context.Context) error {
 // its gates, then done or roll back. Resume enters here too.
 func (r *run) verify(ctx context.Context) error {
 	ns := r.stage.Namespace
-	r.d.Progress.Step("settle", fmt.Sprintf("waiting %s for the proxies to get the change (istiod's sync status is not polled)", r.o.Settle))
-	if err := r.d.Clock.Sleep(ctx, r.o.Settle); err != nil {
-		return r.fail(ctx, "interrupted while settling", nil)
+	if err := r.propagate(ctx); err != nil {
+		return r.fail(ctx, "interrupted while waiting for the proxies to get the change", nil)
 	}
 
 	r.d.Progress.Step("probes", "checking probes")
@@ -145,7 +146,7 @@ func (r *run) verify(ctx context.Context) error {
 	if r.o.Soak > 0 {
 		soak = r.o.Soak
 	}
-	if err := r.setPhase(ctx, state.Soaking, "", func(st *state.StageState) { st.Probes = r.res.Probes }); err != nil {
+	if err := r.setPhase(ctx, state.Soaking, "", func(st *state.StageState) { st.Probes, st.Propagation = r.res.Probes, r.res.Propagation }); err != nil {
 		return r.fail(ctx, "record soaking: "+err.Error(), err)
 	}
 	r.event(ctx, corev1.EventTypeNormal, events.StageSoaking, fmt.Sprintf("stage %d: probes passed; soaking %s with %d gates", r.stage.Number, soak, len(r.stage.Gates)+1))
@@ -179,6 +180,66 @@ func (r *run) verify(ctx context.Context) error {
 	r.event(ctx, corev1.EventTypeNormal, events.StageDone, fmt.Sprintf("stage %d: mTLS %s verified through a %s soak", r.stage.Number, r.stage.TargetMode, soak))
 	r.d.Progress.Step("done", fmt.Sprintf("stage %d (%s) is %s", r.stage.Number, ns, r.stage.TargetMode))
 	return nil
+}
+
+// propagate waits until the change has reached the proxies: measured on
+// istiod's sync status when the run can read it (every meshed pod's proxy
+// has acknowledged a listener configuration sent after the write), else
+// the settle time, saying why. Probing before the proxies have the change
+// would read the old mode. The outcome goes to the result and, with the
+// next phase, to the state.
+func (r *run) propagate(ctx context.Context) error {
+	settle := func(why string) error {
+		r.res.Propagation = fmt.Sprintf("not measured (%s): waited the settle time, %s", why, r.o.Settle)
+		r.d.Progress.Step("settle", fmt.Sprintf("waiting %s for the proxies to get the change (%s)", r.o.Settle, why))
+		return r.d.Clock.Sleep(ctx, r.o.Settle)
+	}
+	if r.d.Sync == nil {
+		return settle("istiod's sync status is not read: no --istiod-url")
+	}
+	ns := r.stage.Namespace
+	if r.stage.Scope == plans.ScopeMesh {
+		ns = ""
+	}
+	expected, err := meshedPods(ctx, r.d.Kube, ns)
+	if err != nil {
+		return settle("counting the meshed pods: " + err.Error())
+	}
+	since := r.appliedAt
+	r.d.Progress.Step("propagation", "waiting for every proxy to acknowledge the change (istiod sync status)", "proxies", expected, "timeout", r.o.SyncTimeout)
+	p, err := r.d.Sync.Wait(ctx, r.d.Clock, ns, expected, since, r.o.SyncTimeout, 200*time.Millisecond)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		r.note("istiod sync status: " + err.Error())
+		return settle("istiod's sync status could not confirm it: " + err.Error())
+	}
+	r.res.PropagatedIn = p.Took
+	r.res.Propagation = fmt.Sprintf("%d proxies acknowledged the change %s after the write", p.Proxies, p.Took.Round(10*time.Millisecond))
+	r.d.Progress.Step("propagation", r.res.Propagation)
+	return nil
+}
+
+// meshedPods counts the running pods with a sidecar in ns ("" for all):
+// the proxies istiod must report before the change counts as everywhere.
+func meshedPods(ctx context.Context, kc kubernetes.Interface, ns string) (int, error) {
+	var pods *corev1.PodList
+	err := kuberetry.Do(ctx, func() error {
+		var err error
+		pods, err = kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := range pods.Items {
+		if ip := inventory.PodFrom(&pods.Items[i]); ip.Running && ip.Sidecar {
+			n++
+		}
+	}
+	return n, nil
 }
 
 func (r *run) dryRun(ctx context.Context) error {

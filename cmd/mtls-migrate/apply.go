@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/clock"
 	"github.com/mtls-migrate/mtls-migrate/internal/events"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiosync"
 	"github.com/mtls-migrate/mtls-migrate/internal/kube"
 	"github.com/mtls-migrate/mtls-migrate/internal/plansource"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
@@ -48,6 +50,9 @@ type applyOptions struct {
 	LockTTL              time.Duration
 	PlanDigest           string
 	AllowExec            bool
+	IstiodURLs           []string
+	IstiodTokenFile      string
+	SyncTimeout          time.Duration
 	// now is the clock of the window and the state's records; tests fix it.
 	now func() time.Time
 	// runID is the lock's identity once taken: the stage owner in the state.
@@ -90,7 +95,10 @@ the snapshot by itself and exits 3.`,
 	cmd.Flags().StringVar(&o.Reason, "reason", "", "why a blocked stage is forced")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", cli.OutputTable, "output format of the result: table, yaml or json")
 	cmd.Flags().StringVar(&o.StateNamespace, "state-namespace", state.DefaultNamespace, "namespace of the migration state ConfigMap (must exist)")
-	cmd.Flags().DurationVar(&o.Settle, "settle", executor.DefaultSettle, "wait after the change for the proxies to receive it, before probing")
+	cmd.Flags().DurationVar(&o.Settle, "settle", executor.DefaultSettle, "wait after the change for the proxies to receive it, before probing, when istiod's sync status cannot tell (no --istiod-url, or it failed)")
+	cmd.Flags().StringSliceVar(&o.IstiodURLs, "istiod-url", nil, "istiod's monitoring port (e.g. http://istiod.istio-system:15014), once per replica: apply waits until every proxy has acknowledged the change before probing")
+	cmd.Flags().StringVar(&o.IstiodTokenFile, "istiod-token-file", "", "a Kubernetes token with the istio-ca audience for istiod's debug endpoints (a projected ServiceAccount token)")
+	cmd.Flags().DurationVar(&o.SyncTimeout, "sync-timeout", executor.DefaultSyncTimeout, "how long to wait for every proxy to acknowledge the change before falling back to --settle")
 	cmd.Flags().DurationVar(&o.GateInterval, "gate-interval", executor.DefaultGateInterval, "how often the health gates are evaluated during the soak")
 	cmd.Flags().IntVar(&o.MaxConsecutiveErrors, "max-consecutive-errors", executor.DefaultMaxConsecutiveErrors, "no data, NaN or query errors in a row that fail a gate")
 	cmd.Flags().DurationVar(&o.ProbeTimeout, "probe-timeout", 5*time.Second, "timeout of each probe attempt")
@@ -146,6 +154,17 @@ func (o *applyOptions) Validate() error {
 	}
 	if o.MaxConsecutiveErrors < 1 {
 		return cli.Usagef("--max-consecutive-errors must be at least 1")
+	}
+	for _, u := range o.IstiodURLs {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.User != nil {
+			return cli.Usagef("--istiod-url %q must be http(s)://host:port, without credentials (the token goes in --istiod-token-file)", u)
+		}
+	}
+	if o.IstiodTokenFile != "" && len(o.IstiodURLs) == 0 {
+		return cli.Usagef("--istiod-token-file goes with --istiod-url")
+	}
+	if o.SyncTimeout <= 0 {
+		return cli.Usagef("--sync-timeout must be positive")
 	}
 	return cli.ValidateOutput(o.Output)
 }
@@ -231,10 +250,13 @@ func (o *applyOptions) deps(ctx context.Context, clients *kube.Clients, plan *pl
 			Namespace: namespace},
 		Events: &events.Kube{Client: clients.Kube}, Clock: clock.Real{}, Progress: progress, Log: log,
 	}
+	if len(o.IstiodURLs) > 0 {
+		d.Sync = &istiosync.Client{URLs: o.IstiodURLs, TokenFile: o.IstiodTokenFile}
+	}
 	opts := executor.Options{
 		Plan: plan, PlanDigest: digest, Stage: o.Stage, DryRun: o.DryRun == "server", Soak: o.Soak,
 		Force: o.Force, Reason: o.Reason, Actor: whoAmI(ctx, clients, o.f), RunID: o.runID, AllowExec: o.AllowExec,
-		Settle: o.Settle, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
+		Settle: o.Settle, SyncTimeout: o.SyncTimeout, GateInterval: o.GateInterval, MaxConsecutiveErrors: o.MaxConsecutiveErrors, ProbeWithin: o.ProbeRetry,
 	}
 	return d, opts, nil
 }
@@ -290,6 +312,9 @@ func printApplyResult(w io.Writer, r *executor.Result) error {
 	}
 	if r.Forced != "" {
 		fmt.Fprintf(&b, "forced: %s\n", r.Forced)
+	}
+	if r.Propagation != "" {
+		fmt.Fprintf(&b, "propagation: %s\n", r.Propagation)
 	}
 	for _, p := range r.Probes {
 		fmt.Fprintf(&b, "probe %-30s ok=%-5v %s\n", p.Name, p.OK, p.Observed)

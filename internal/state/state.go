@@ -111,9 +111,13 @@ type StageState struct {
 	Snapshot []json.RawMessage `json:"snapshot,omitempty"`
 	Baseline []GateValue       `json:"baseline,omitempty"`
 	// Gates are the latest gate values seen during the soak.
-	Gates   []GateValue   `json:"gates,omitempty"`
-	Probes  []ProbeResult `json:"probes,omitempty"`
-	History []Transition  `json:"history,omitempty"`
+	Gates  []GateValue   `json:"gates,omitempty"`
+	Probes []ProbeResult `json:"probes,omitempty"`
+	// Propagation says how the change reached the proxies: measured from
+	// istiod's sync status (the write to the last acknowledgement), or
+	// that the settle time was waited instead, and why.
+	Propagation string       `json:"propagation,omitempty"`
+	History     []Transition `json:"history,omitempty"`
 }
 
 // Target describes the object a stage writes.

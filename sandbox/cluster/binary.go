@@ -34,27 +34,39 @@ func CacheDir() (string, error) {
 	return filepath.Join(home, ".cache", "mtls-migrate"), nil
 }
 
-// FindAPIServerBinary resolves the kube-apiserver binary: explicit (if not
-// empty), else $MTLS_MIGRATE_KUBE_APISERVER, else the newest
-// kube-apiserver-<KubernetesVersion>-<go.mod hash> in CacheDir. The script
-// keys the name by a hash of sandbox/apiserver/go.mod as well; this package
-// cannot see that file at run time, so it takes the newest build of the
-// version.
-func FindAPIServerBinary(explicit string) (string, error) {
+// Binary is a program a script of scripts/ builds from source and caches
+// as <Name>-<Version>-<go.mod hash> in CacheDir.
+type Binary struct {
+	Name, Version string
+	// Env overrides where the binary is; Script builds it.
+	Env, Script string
+}
+
+// APIServer is the kube-apiserver binary.
+var APIServer = Binary{Name: "kube-apiserver", Version: KubernetesVersion, Env: EnvAPIServerBinary, Script: "scripts/build-kube-apiserver.sh"}
+
+// FindAPIServerBinary resolves the kube-apiserver binary (APIServer.Find).
+func FindAPIServerBinary(explicit string) (string, error) { return APIServer.Find(explicit) }
+
+// Find resolves the binary: explicit (if not empty), else $Env, else the
+// newest <Name>-<Version>-<go.mod hash> in CacheDir. The script keys the
+// name by a hash of its nested module's go.mod as well; this package cannot
+// see that file at run time, so it takes the newest build of the version.
+func (b Binary) Find(explicit string) (string, error) {
 	if explicit != "" {
-		return checkExecutable(explicit, "Options.APIServerBinary")
+		return b.checkExecutable(explicit, "an explicit path")
 	}
-	if env := os.Getenv(EnvAPIServerBinary); env != "" {
-		return checkExecutable(env, "$"+EnvAPIServerBinary)
+	if env := os.Getenv(b.Env); env != "" {
+		return b.checkExecutable(env, "$"+b.Env)
 	}
 	cache, err := CacheDir()
 	if err != nil {
 		return "", err
 	}
-	pattern := filepath.Join(cache, "kube-apiserver-"+KubernetesVersion+"-*")
+	pattern := filepath.Join(cache, b.Name+"-"+b.Version+"-*")
 	matches, err := filepath.Glob(pattern)
 	if err != nil {
-		return "", fmt.Errorf("look for kube-apiserver in %s: %w", cache, err)
+		return "", fmt.Errorf("look for %s in %s: %w", b.Name, cache, err)
 	}
 	var best string
 	var bestInfo fs.FileInfo
@@ -68,21 +80,21 @@ func FindAPIServerBinary(explicit string) (string, error) {
 		}
 	}
 	if best == "" {
-		return "", fmt.Errorf("kube-apiserver %s binary not found at %s: run scripts/build-kube-apiserver.sh (or set $%s)", KubernetesVersion, pattern, EnvAPIServerBinary)
+		return "", fmt.Errorf("%s %s binary not found at %s: run %s (or set $%s)", b.Name, b.Version, pattern, b.Script, b.Env)
 	}
 	return best, nil
 }
 
-func checkExecutable(path, from string) (string, error) {
+func (b Binary) checkExecutable(path, from string) (string, error) {
 	fi, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("kube-apiserver binary not found at %s (from %s): run scripts/build-kube-apiserver.sh", path, from)
+		return "", fmt.Errorf("%s binary not found at %s (from %s): run %s", b.Name, path, from, b.Script)
 	}
 	if err != nil {
-		return "", fmt.Errorf("kube-apiserver binary %s (from %s): %w", path, from, err)
+		return "", fmt.Errorf("%s binary %s (from %s): %w", b.Name, path, from, err)
 	}
 	if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
-		return "", fmt.Errorf("kube-apiserver binary %s (from %s) is not an executable file", path, from)
+		return "", fmt.Errorf("%s binary %s (from %s) is not an executable file", b.Name, path, from)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {

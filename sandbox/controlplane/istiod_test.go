@@ -1,0 +1,73 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
+)
+
+// need skips, or fails when CI=true, if a binary is not built.
+func need(t *testing.T, find func(string) (string, error)) {
+	t.Helper()
+	if _, err := find(""); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%v", err)
+		}
+		t.Skipf("skipping: %v", err)
+	}
+}
+
+// TestIstiodRunsAgainstTheSandbox: the real istiod starts against the
+// sandbox's kube-apiserver, becomes ready, takes the root namespace from
+// the istio-system/istio ConfigMap the sandbox writes, and serves the sync
+// status apply will wait on.
+func TestIstiodRunsAgainstTheSandbox(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts kube-apiserver and istiod")
+	}
+	need(t, cluster.FindAPIServerBinary)
+	need(t, Binary.Find)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	i, err := Start(ctx, Options{Kubeconfig: c.KubeconfigPath(), Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = i.Stop() })
+	rss, cpu, err := i.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("MEASURE istiod ready in %s; RSS %d MB; CPU %s", i.StartedIn.Round(10*time.Millisecond), rss>>20, cpu)
+
+	mesh, err := i.Get(ctx, "/debug/mesh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mc struct {
+		RootNamespace string `json:"rootNamespace"`
+	}
+	if err := json.Unmarshal(mesh, &mc); err != nil {
+		t.Fatalf("/debug/mesh: %v\n%s", err, mesh)
+	}
+	if mc.RootNamespace != "istio-system" {
+		t.Errorf("istiod's root namespace %q, want the ConfigMap's istio-system", mc.RootNamespace)
+	}
+	syncz, err := i.Get(ctx, "/debug/syncz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.TrimSpace(string(syncz)); !strings.HasPrefix(s, "[") {
+		t.Errorf("/debug/syncz is not a list of proxies: %s", s)
+	}
+}
