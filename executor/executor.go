@@ -50,10 +50,12 @@ type Deps struct {
 	Sync Propagator
 }
 
-// Propagator waits until every proxy of a namespace ("" for all) has
-// acknowledged configuration istiod sent after since (istiosync.Client).
+// Propagator marks what istiod has sent the proxies of a namespace ("" for
+// all) before a change, and waits until every one has acknowledged newer
+// configuration (istiosync.Client).
 type Propagator interface {
-	Wait(ctx context.Context, clk clock.Clock, namespace string, expected int, since time.Time, within, interval time.Duration) (istiosync.Propagation, error)
+	Mark(ctx context.Context, clk clock.Clock, namespace string) (istiosync.Mark, error)
+	Wait(ctx context.Context, clk clock.Clock, m istiosync.Mark, expected int, within, interval time.Duration) (istiosync.Propagation, error)
 }
 
 // Options are one run's inputs.

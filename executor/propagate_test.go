@@ -16,13 +16,19 @@ type fakeSync struct {
 	err   error
 	took  time.Duration
 	calls int
+	marks int
 	ns    string
 	since time.Time
 }
 
-func (f *fakeSync) Wait(_ context.Context, _ clock.Clock, ns string, expected int, since time.Time, _, _ time.Duration) (istiosync.Propagation, error) {
+func (f *fakeSync) Mark(_ context.Context, clk clock.Clock, ns string) (istiosync.Mark, error) {
+	f.marks++
+	return istiosync.Mark{Namespace: ns, At: clk.Now(), Sent: map[string]string{}}, nil
+}
+
+func (f *fakeSync) Wait(_ context.Context, _ clock.Clock, m istiosync.Mark, expected int, _, _ time.Duration) (istiosync.Propagation, error) {
 	f.calls++
-	f.ns, f.since = ns, since
+	f.ns, f.since = m.Namespace, m.At
 	return istiosync.Propagation{Proxies: expected, Expected: expected, Took: f.took}, f.err
 }
 
@@ -58,7 +64,7 @@ func TestProbesWaitForThePropagation(t *testing.T) {
 			if !strings.Contains(res.Propagation, tt.want) || res.PropagatedIn != tt.measured {
 				t.Errorf("propagation %q (%s), want %q (%s)", res.Propagation, res.PropagatedIn, tt.want, tt.measured)
 			}
-			if tt.sync != nil && (tt.sync.calls != 1 || tt.sync.ns != "cart" || tt.sync.since.IsZero()) {
+			if tt.sync != nil && (tt.sync.calls != 1 || tt.sync.marks != 1 || tt.sync.ns != "cart" || tt.sync.since.IsZero()) {
 				t.Errorf("sync asked %d times for %q since %s", tt.sync.calls, tt.sync.ns, tt.sync.since)
 			}
 			s, _ := e.store.Load(context.Background())

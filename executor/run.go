@@ -20,6 +20,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/gates"
 	"github.com/mtls-migrate/mtls-migrate/internal/health"
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
+	"github.com/mtls-migrate/mtls-migrate/internal/istiosync"
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
@@ -50,6 +51,10 @@ type run struct {
 	applied     *securityv1.PeerAuthentication
 	alsoApplied []*securityv1.PeerAuthentication
 	appliedAt   time.Time
+	// syncMark is what istiod had sent the proxies before the change
+	// (nil: no istiod, or a resumed run); syncErr why it could not be read.
+	syncMark *istiosync.Mark
+	syncErr  error
 	// phase is what this run last wrote; fenced is set once a write found
 	// the stage taken over, and every later write is refused.
 	phase  state.Phase
@@ -197,6 +202,9 @@ func (r *run) propagate(ctx context.Context) error {
 	if r.d.Sync == nil {
 		return settle("istiod's sync status is not read: no --istiod-url")
 	}
+	if r.syncErr != nil {
+		return settle("istiod's sync status could not be read before the change: " + r.syncErr.Error())
+	}
 	ns := r.stage.Namespace
 	if r.stage.Scope == plans.ScopeMesh {
 		ns = ""
@@ -205,9 +213,14 @@ func (r *run) propagate(ctx context.Context) error {
 	if err != nil {
 		return settle("counting the meshed pods: " + err.Error())
 	}
-	since := r.appliedAt
+	mark := r.syncMark
+	if mark == nil {
+		// Resumed after the change: what istiod sent before it is unknown;
+		// configuration sent after the write time is the next best test.
+		mark = &istiosync.Mark{Namespace: ns, At: r.appliedAt}
+	}
 	r.d.Progress.Step("propagation", "waiting for every proxy to acknowledge the change (istiod sync status)", "proxies", expected, "timeout", r.o.SyncTimeout)
-	p, err := r.d.Sync.Wait(ctx, r.d.Clock, ns, expected, since, r.o.SyncTimeout, 200*time.Millisecond)
+	p, err := r.d.Sync.Wait(ctx, r.d.Clock, *mark, expected, r.o.SyncTimeout, 200*time.Millisecond)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -219,6 +232,26 @@ func (r *run) propagate(ctx context.Context) error {
 	r.res.Propagation = fmt.Sprintf("%d proxies acknowledged the change %s after the write", p.Proxies, p.Took.Round(10*time.Millisecond))
 	r.d.Progress.Step("propagation", r.res.Propagation)
 	return nil
+}
+
+// markSync records what istiod has sent the proxies right before the
+// change, so the wait after it knows a new push from an old one. A failure
+// is only noted: the wait then falls back as it does without istiod.
+func (r *run) markSync(ctx context.Context) {
+	if r.d.Sync == nil {
+		return
+	}
+	ns := r.stage.Namespace
+	if r.stage.Scope == plans.ScopeMesh {
+		ns = ""
+	}
+	m, err := r.d.Sync.Mark(ctx, r.d.Clock, ns)
+	if err != nil {
+		r.note("istiod sync status before the change: " + err.Error())
+		r.syncErr = err
+		return
+	}
+	r.syncMark = &m
 }
 
 // meshedPods counts the running pods with a sidecar in ns ("" for all):
@@ -510,6 +543,7 @@ func (r *run) snapshot(ctx context.Context) error {
 }
 
 func (r *run) apply(ctx context.Context) error {
+	r.markSync(ctx)
 	r.changed = true
 	var obj *securityv1.PeerAuthentication
 	err := kuberetry.Do(ctx, func() (err error) {

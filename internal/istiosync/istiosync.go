@@ -131,8 +131,8 @@ type Propagation struct {
 	// Proxies of the namespace istiod knows, and Expected, the meshed pods
 	// the cluster runs there.
 	Proxies, Expected int
-	// Took is from the change to the poll that saw the last
-	// acknowledgement (at most one poll interval late).
+	// Took is from the mark (taken right before the change) to the poll
+	// that saw the last acknowledgement (at most one poll interval late).
 	Took time.Duration
 }
 
@@ -162,20 +162,49 @@ func first(s []string, n int) []string {
 	return s
 }
 
-// Wait polls until every proxy of namespace ("" for all) has acknowledged
-// a listener configuration istiod sent after since, with no error, and
-// istiod knows at least expected proxies there; or until within has
-// passed. since is the API server's time of the change; istiod's clock is
-// assumed close to it (a second is allowed for).
-func (c *Client) Wait(ctx context.Context, clk clock.Clock, namespace string, expected int, since time.Time, within, interval time.Duration) (Propagation, error) {
+// Mark is what istiod had sent each proxy of a namespace right before a
+// change: the change has reached a proxy once it has acknowledged a
+// listener configuration with another nonce. Nonces, not times: istiod's
+// clock and ours differ, and a push a moment before the write would pass
+// any time-based test with a tolerance.
+type Mark struct {
+	Namespace string
+	At        time.Time
+	Sent      map[string]string
+}
+
+// Mark records, before a change to namespace ("" for all), the listener
+// nonce istiod last sent each proxy.
+func (c *Client) Mark(ctx context.Context, clk clock.Clock, namespace string) (Mark, error) {
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	m := Mark{Namespace: namespace, At: clk.Now(), Sent: map[string]string{}}
+	ps, err := c.Status(ctx, namespace)
+	if err != nil {
+		return m, err
+	}
+	for _, p := range ps {
+		if lds, ok := p.Resources[ListenerType]; ok {
+			m.Sent[p.ID] = lds.Sent
+		}
+	}
+	return m, nil
+}
+
+// Wait polls until every proxy of the mark's namespace has acknowledged,
+// with no error, a listener configuration istiod sent after the mark (a
+// nonce other than the one marked; for a proxy that connected since, one
+// sent after the mark's time), and istiod knows at least expected proxies
+// there; or until within has passed.
+func (c *Client) Wait(ctx context.Context, clk clock.Clock, m Mark, expected int, within, interval time.Duration) (Propagation, error) {
 	if clk == nil {
 		clk = clock.Real{}
 	}
 	start := clk.Now()
 	deadline := start.Add(within)
-	after := since.Add(-time.Second)
 	for {
-		ps, err := c.Status(ctx, namespace)
+		ps, err := c.Status(ctx, m.Namespace)
 		if err != nil {
 			return Propagation{}, err
 		}
@@ -187,13 +216,17 @@ func (c *Client) Wait(ctx context.Context, clk clock.Clock, namespace string, ex
 				continue // not a proxy that takes listeners (no inbound to secure)
 			}
 			seen++
-			if lds.SentTime.Before(after) || lds.Sent == "" || lds.Acked != lds.Sent || lds.LastError != "" {
+			fresh := lds.SentTime.After(m.At)
+			if old, marked := m.Sent[p.ID]; marked {
+				fresh = lds.Sent != old
+			}
+			if !fresh || lds.Sent == "" || lds.Acked != lds.Sent || lds.LastError != "" {
 				waiting = append(waiting, p.ID)
 			}
 		}
 		now := clk.Now()
 		if len(waiting) == 0 && seen >= expected {
-			return Propagation{Proxies: seen, Expected: expected, Took: now.Sub(since)}, nil
+			return Propagation{Proxies: seen, Expected: expected, Took: now.Sub(m.At)}, nil
 		}
 		if !now.Before(deadline) {
 			return Propagation{Proxies: seen, Expected: expected}, &NotPropagatedError{Waiting: waiting, Seen: seen, Want: expected, After: now.Sub(start)}

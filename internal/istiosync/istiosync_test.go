@@ -49,9 +49,11 @@ func proxy(id, sent, acked string, at time.Time) Proxy {
 }
 
 func TestWait(t *testing.T) {
-	change := time.Now().Add(-time.Minute).Truncate(time.Second)
+	change := time.Now().Add(-time.Minute)
 	before, after := change.Add(-time.Hour), change.Add(300*time.Millisecond)
 	other := proxy("web-1.web", "n1", "n0", before) // another namespace, never acked: not ours
+	// What istiod had sent before the change: cart-1 n1, cart-2 n6.
+	mark := Mark{Namespace: "cart", At: change, Sent: map[string]string{"cart-1.cart": "n1", "cart-2.cart": "n6"}}
 	tests := []struct {
 		name     string
 		answers  [][]Proxy
@@ -68,6 +70,11 @@ func TestWait(t *testing.T) {
 		}, 2, "", 3},
 		// Acked, but what it acked was sent before the change.
 		{"acked config older than the change", [][]Proxy{{proxy("cart-1.cart", "n1", "n1", before)}}, 1, "1 of 1 proxies have not acknowledged configuration sent after the change (cart-1.cart)", 2},
+		// Found in the sandbox with the real istiod: its first push came a
+		// moment before the write, inside any clock tolerance. The nonce
+		// is what tells.
+		{"acked a push sent just before the change", [][]Proxy{{proxy("cart-1.cart", "n1", "n1", change.Add(-300*time.Millisecond))}}, 1, "have not acknowledged", 2},
+		{"a proxy that connected since the mark", [][]Proxy{{proxy("cart-1.cart", "n2", "n2", after), proxy("cart-9.cart", "n1", "n1", after)}}, 2, "", 1},
 		{"a NACK (lastError) is not an ack", [][]Proxy{{{ID: "cart-1.cart", Resources: map[string]ResourceStatus{ListenerType: {Sent: "n2", Acked: "n2", SentTime: after, LastError: "bad listener"}}}}}, 1, "have not acknowledged", 2},
 		// Nobody to wait for is not "propagated": the proxies may be on
 		// another istiod replica.
@@ -77,7 +84,7 @@ func TestWait(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv, calls := syncz(t, "", tt.answers...)
 			c := &Client{URLs: []string{srv.URL}}
-			p, err := c.Wait(context.Background(), nil, "cart", tt.expected, change, 300*time.Millisecond, 50*time.Millisecond)
+			p, err := c.Wait(context.Background(), nil, mark, tt.expected, 300*time.Millisecond, 50*time.Millisecond)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -95,6 +102,15 @@ func TestWait(t *testing.T) {
 				t.Errorf("%d polls, want at least %d", calls.Load(), tt.minCalls)
 			}
 		})
+	}
+}
+
+// TestMark records the nonces istiod had sent each proxy.
+func TestMark(t *testing.T) {
+	srv, _ := syncz(t, "", []Proxy{proxy("cart-1.cart", "n4", "n4", time.Now()), {ID: "gw.istio-system"}})
+	m, err := (&Client{URLs: []string{srv.URL}}).Mark(context.Background(), nil, "")
+	if err != nil || len(m.Sent) != 1 || m.Sent["cart-1.cart"] != "n4" || m.At.IsZero() {
+		t.Fatalf("mark %+v, %v", m, err)
 	}
 }
 

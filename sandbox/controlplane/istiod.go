@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -54,6 +55,8 @@ type Istiod struct {
 	cmd       *exec.Cmd
 	exited    chan error
 	logPath   string
+	stopOnce  sync.Once
+	stopErr   error
 }
 
 // Start runs pilot-discovery and waits until it reports ready.
@@ -120,7 +123,7 @@ func (i *Istiod) waitReady(ctx context.Context) error {
 		select {
 		case err := <-i.exited:
 			i.exited <- err
-			return fmt.Errorf("istiod exited before it was ready: %v", err)
+			return fmt.Errorf("istiod exited before it was ready: %w", err)
 		case <-ctx.Done():
 			return fmt.Errorf("istiod not ready at %s: %w", url, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
@@ -201,19 +204,30 @@ func (i *Istiod) LogTail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// Stop terminates istiod (SIGTERM, then SIGKILL after 5 s).
+// Stop terminates istiod (SIGTERM, then SIGKILL after 5 s); once.
 func (i *Istiod) Stop() error {
 	if i.cmd == nil || i.cmd.Process == nil {
 		return nil
 	}
+	i.stopOnce.Do(func() { i.stopErr = i.stop() })
+	return i.stopErr
+}
+
+func (i *Istiod) stop() error {
 	_ = syscall.Kill(-i.cmd.Process.Pid, syscall.SIGTERM)
+	var err error
 	select {
-	case <-i.exited:
+	case err = <-i.exited:
 	case <-time.After(5 * time.Second):
 		_ = syscall.Kill(-i.cmd.Process.Pid, syscall.SIGKILL)
-		<-i.exited
+		err = <-i.exited
 	}
-	return nil
+	// Exiting on the signal is the expected end.
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return nil
+	}
+	return err
 }
 
 func freePorts(n int) ([]int, error) {
