@@ -20,9 +20,11 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/controlplane"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/dataplane"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/prometheus"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/scenario"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/xdsproxy"
 )
 
 // Options configures Start. Set ScenarioPath or Scenario.
@@ -37,6 +39,11 @@ type Options struct {
 	// ScrapeInterval overrides the scenario's (default 15s).
 	ScrapeInterval time.Duration
 	Logger         *slog.Logger
+	// Istiod runs the real istiod (scripts/build-istiod.sh) against the
+	// API server and connects every simulated sidecar to it over ADS, so
+	// istiod's sync status shows the proxies (IstiodURL). The data plane
+	// still enforces modes with its own rules (sandbox/README.md).
+	Istiod bool
 }
 
 // FlowStats is the ground truth of one flow.
@@ -66,6 +73,8 @@ type Sandbox struct {
 	rmDir    bool
 	cluster  *cluster.Cluster
 	dp       *dataplane.DataPlane
+	istiod   *controlplane.Istiod
+	fleet    *xdsproxy.Fleet
 	prom     *prometheus.Server
 	httpSrv  *http.Server
 	httpAddr string
@@ -161,6 +170,12 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	s.httpAddr = ln.Addr().String()
 	s.httpSrv = &http.Server{Handler: s.dp.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = s.httpSrv.Serve(ln) }()
+
+	if opts.Istiod {
+		if err := s.startIstiod(ctx); err != nil {
+			return nil, err
+		}
+	}
 
 	targets := s.targets()
 	s.prom, err = prometheus.Start(ctx, prometheus.Options{
@@ -342,6 +357,12 @@ func writeAtomic(path string, data []byte) error {
 // server and etcd, and the temporary directory if Start made one.
 func (s *Sandbox) Stop() error {
 	var errs []error
+	if s.fleet != nil {
+		s.fleet.Close()
+	}
+	if s.istiod != nil {
+		errs = append(errs, s.istiod.Stop())
+	}
 	if s.dp != nil {
 		errs = append(errs, s.dp.Close())
 	}
@@ -363,3 +384,40 @@ func (s *Sandbox) Stop() error {
 	}
 	return errors.Join(errs...)
 }
+
+// startIstiod runs istiod and connects every sidecar pod to it.
+func (s *Sandbox) startIstiod(ctx context.Context) error {
+	i, err := controlplane.Start(ctx, controlplane.Options{Kubeconfig: s.KubeconfigPath(), Dir: filepath.Join(s.dir, "istiod")})
+	if err != nil {
+		return fmt.Errorf("start istiod (build it with scripts/build-istiod.sh): %w", err)
+	}
+	s.istiod = i
+	var pods []xdsproxy.Pod
+	for _, p := range s.dp.Pods() {
+		if p.Sidecar {
+			pods = append(pods, xdsproxy.Pod{Name: p.Name, Namespace: p.Namespace, IP: p.IP, ServiceAccount: p.ServiceAccount, Labels: p.Labels})
+		}
+	}
+	// The streams live until Stop, not as long as the start-up context.
+	s.fleet, err = xdsproxy.Connect(context.WithoutCancel(ctx), i.GRPCAddr, "1.30.0", pods)
+	if err != nil {
+		return err
+	}
+	s.log.Info("istiod ready", "took", i.StartedIn.Round(10*time.Millisecond), "proxies", len(pods), "debug", i.HTTPAddr)
+	return nil
+}
+
+// IstiodURL is istiod's debug server, for `apply --istiod-url` ("" without
+// Options.Istiod).
+func (s *Sandbox) IstiodURL() string {
+	if s.istiod == nil {
+		return ""
+	}
+	return "http://" + s.istiod.HTTPAddr
+}
+
+// Istiod is the running istiod (nil without Options.Istiod).
+func (s *Sandbox) Istiod() *controlplane.Istiod { return s.istiod }
+
+// Fleet is the simulated proxies' ADS streams (nil without Options.Istiod).
+func (s *Sandbox) Fleet() *xdsproxy.Fleet { return s.fleet }

@@ -21,6 +21,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/plans"
 	"github.com/mtls-migrate/mtls-migrate/sandbox"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/controlplane"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/dataplane"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/scenario"
 )
@@ -33,7 +34,7 @@ const stateNamespace = "mtls-migrate"
 // tests' shared sandbox is stopped first (those tests run before these: Go
 // runs test files in name order). mutate may change the scenario before the
 // start (e.g. when a flow begins).
-func startScenario(t *testing.T, file string, mutate func(*scenario.Scenario)) *sandbox.Sandbox {
+func startScenario(t *testing.T, file string, mutate func(*scenario.Scenario), options ...func(*sandbox.Options)) *sandbox.Sandbox {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -67,7 +68,16 @@ func startScenario(t *testing.T, file string, mutate func(*scenario.Scenario)) *
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	began := time.Now()
-	s, err := sandbox.Start(ctx, sandbox.Options{Scenario: scn, ScrapeInterval: time.Second})
+	opts := sandbox.Options{Scenario: scn, ScrapeInterval: time.Second}
+	for _, o := range options {
+		o(&opts)
+	}
+	if opts.Istiod {
+		if _, err := controlplane.Binary.Find(""); err != nil {
+			skip("no istiod binary: run scripts/build-istiod.sh (" + err.Error() + ")")
+		}
+	}
+	s, err := sandbox.Start(ctx, opts)
 	if err != nil {
 		skip("sandbox did not start: " + err.Error())
 	}

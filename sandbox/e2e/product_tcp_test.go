@@ -19,7 +19,9 @@ import (
 // used by meshed clients must verify to done through its tcp probe and TCP
 // gates, and STRICT must really refuse plaintext there.
 func TestE2ETCPIsVerified(t *testing.T) {
-	s := startScenario(t, "trap-tcp-sidecarless-client.yaml", nil)
+	// With the real istiod: apply waits on its sync status for the
+	// simulated proxies' acknowledgements before probing.
+	s := startScenario(t, "trap-tcp-sidecarless-client.yaml", nil, func(o *sandbox.Options) { o.Istiod = true })
 	p := &product{t: t, bin: buildProduct(t), s: s}
 	ctx := context.Background()
 	eventuallyPositive(t, s, `sum(istio_tcp_connections_opened_total{reporter="destination"})`, 30*time.Second)
@@ -54,10 +56,17 @@ func TestE2ETCPIsVerified(t *testing.T) {
 			t.Fatalf("queue stage probes %+v gates %+v, want a tcp refusal probe and the TCP gates", st.Probes, st.Gates)
 		}
 		s.ResetFlowStats()
-		r := p.run(ctx, applyArgs(planPath, st.Number, 12*time.Second)...)
+		r := p.run(ctx, applyArgs(planPath, st.Number, 12*time.Second, "--istiod-url", s.IstiodURL())...)
 		if r.code != exitDone || !strings.Contains(r.stdout, ": done") {
 			t.Fatalf("apply queue: %s", r)
 		}
+		// Measured, not assumed: every proxy of queue (one broker pod)
+		// acknowledged the change before the probes.
+		prop := firstLine(r.stdout, "propagation:")
+		if !strings.Contains(prop, "1 proxies acknowledged the change") {
+			t.Errorf("propagation not measured from istiod: %q\n%s", prop, r.stdout)
+		}
+		t.Logf("MEASURE %s", prop)
 		if !strings.Contains(r.stdout, "inbound-connection-rate") {
 			t.Errorf("the output does not show the TCP gates' verdicts:\n%s", r.stdout)
 		}
