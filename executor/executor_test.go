@@ -799,12 +799,13 @@ func TestStageWritesEveryNamespaceWidePolicyAndRollsThemAllBack(t *testing.T) {
 
 func TestPreflightRefusesWhenTheTargetNoLongerMatchesThePlan(t *testing.T) {
 	e := newEnv(t, true)
-	// The plan was made when default was the only namespace-wide policy
-	// (no digest to catch the change): team appeared since.
+	// The plan's digest is of the live objects, but its policy was written
+	// as if default were the only namespace-wide one (a hand-edited plan):
+	// team is there too.
 	if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), teamPolicy(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err, w := e.run(testPlan(true, ""), nil)
+	_, err, w := e.run(testPlan(true, policyDigest(existingPolicy(), teamPolicy())), nil)
 	if !IsRefused(err) || !strings.Contains(err.Error(), "the plan would update default in place") || !strings.Contains(err.Error(), "the other namespace-wide ones, team") {
 		t.Fatalf("err = %v", err)
 	}

@@ -17,9 +17,13 @@ var statusRank = map[plans.Status]int{plans.StatusReady: 0, plans.StatusNeedsRev
 // least used first (inbound traffic, then dependents, then name).
 func (e *env) order(nss []*nsPlan) []plans.Stage {
 	var out []plans.Stage
+	// permissiveAt is each DISABLE namespace's PERMISSIVE stage number:
+	// stages are numbered in this order, from 1.
+	permissiveAt := map[string]int{}
 	for _, np := range nss {
 		if np.disable {
 			out = append(out, e.permissiveStage(np))
+			permissiveAt[np.name] = len(out)
 		}
 	}
 	sorted := append([]*nsPlan(nil), nss...)
@@ -43,7 +47,7 @@ func (e *env) order(nss []*nsPlan) []plans.Stage {
 	}
 	for _, np := range sorted {
 		pos[np.status]++
-		out = append(out, e.strictStage(np, pos[np.status], count[np.status]))
+		out = append(out, e.strictStage(np, pos[np.status], count[np.status], permissiveAt[np.name]))
 	}
 	return out
 }
@@ -73,7 +77,7 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 		Code: CodeCurrentModeDisable, Severity: plans.SeverityInfo,
 		Message: fmt.Sprintf("%s is effectively DISABLE today; this stage moves it to PERMISSIVE, never straight to STRICT", np.name),
 		Object:  plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: np.name},
-		Fix:     "after this stage, let traffic run for a telemetry window and re-run plan for the STRICT stage",
+		Fix:     "after this stage, let traffic run on PERMISSIVE: the plan's STRICT stage for the namespace comes later, and its pre-flight refuses while plaintext still arrives there or while its PeerAuthentications are not as this stage left them",
 	}}
 	if note := severalNamespacePolicies(e.target(np.name), plans.ModePermissive); note != "" {
 		st.Risks = append(st.Risks, plans.Risk{
@@ -84,7 +88,9 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 	return st
 }
 
-func (e *env) strictStage(np *nsPlan, pos, of int) plans.Stage {
+// strictStage is np's STRICT stage; after is the number of its PERMISSIVE
+// stage when it is DISABLE today.
+func (e *env) strictStage(np *nsPlan, pos, of, after int) plans.Stage {
 	st := e.baseStage(np)
 	st.Status = np.status
 	st.CurrentMode, st.TargetMode = np.current, plans.ModeStrict
@@ -93,11 +99,12 @@ func (e *env) strictStage(np *nsPlan, pos, of int) plans.Stage {
 	st.Risks = np.risks
 	st.Probes = e.stageProbes(np, true)
 	if np.disable {
-		// The PERMISSIVE stage changes the policy first: the digest taken
-		// now cannot match then; the CURRENT_MODE_DISABLE risk asks for a
-		// new plan anyway.
+		// The PERMISSIVE stage writes the policy first, and the digest
+		// covers UIDs and creation times no plan can know before: this
+		// stage requires exactly what that stage left (the executor
+		// records it when the stage is done), and writes what it wrote.
 		st.CurrentMode = plans.ModePermissive
-		st.PolicyDigest = ""
+		st.PolicyDigest = plans.AfterStage(after)
 		st.Policy = e.target(np.name).Applied().Policy(plans.ModeStrict)
 	}
 	traffic := fmt.Sprintf("inbound %g/s from %d other namespace(s)", round(np.inboundRate), np.dependents)

@@ -231,6 +231,18 @@ func TestPlanDisableNamespaceGoesPermissiveFirst(t *testing.T) {
 	if st == nil || st.Number <= 1 || st.Status == plans.StatusReady || hasRisk(st, CodeCurrentModeDisable) == nil {
 		t.Fatalf("STRICT stage = %+v, want a later, non-ready stage with CURRENT_MODE_DISABLE", st)
 	}
+	// The STRICT stage cannot know the digest of what the PERMISSIVE stage
+	// writes (UIDs, creation times): it names that stage instead, so the
+	// plan carries both through without a new one.
+	if st.PolicyDigest != plans.AfterStage(p.Stages[0].Number) {
+		t.Errorf("STRICT stage policyDigest = %q, want %q", st.PolicyDigest, plans.AfterStage(p.Stages[0].Number))
+	}
+	if !strings.HasPrefix(p.Stages[0].PolicyDigest, "sha256:") {
+		t.Errorf("PERMISSIVE stage policyDigest = %q, want the digest of today's policies", p.Stages[0].PolicyDigest)
+	}
+	if r := hasRisk(st, CodeCurrentModeDisable); strings.Contains(r.Message+r.Fix, "must be re-planned") {
+		t.Errorf("CURRENT_MODE_DISABLE still asks for a new plan: %+v", r)
+	}
 	if r := hasRisk(st, CodeMeshedClientPlaintext); r == nil || r.Severity != plans.SeverityReview {
 		t.Errorf("meshed plaintext under DISABLE should be review, got %+v", r)
 	}
