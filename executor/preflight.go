@@ -19,6 +19,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
+	"github.com/mtls-migrate/mtls-migrate/internal/probetarget"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -55,6 +56,10 @@ func (r *run) preflight(ctx context.Context) error {
 		}
 	}
 
+	if err := r.checkProbeTargets(ctx); err != nil {
+		return err
+	}
+
 	st, err := r.d.Store.Load(ctx)
 	if err != nil {
 		return err
@@ -81,6 +86,37 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 	r.noteOwnership()
+	return nil
+}
+
+// checkProbeTargets refuses a probe whose target a plan's probe may not
+// have (probetarget: a running pod or a Service of the stage's namespace,
+// or the ingress gateway): a plan is input, and its probes are requests
+// made from the tool's network position or inside pods. The stage's
+// namespace is read first; the whole cluster (gateway pods live elsewhere,
+// and the mesh-wide stage may probe any meshed namespace) only when that
+// is not enough: a scope of fewer objects only refuses more.
+func (r *run) checkProbeTargets(ctx context.Context) error {
+	if len(r.stage.Probes) == 0 {
+		return nil
+	}
+	ns, mesh := r.stage.Namespace, r.stage.Scope == plans.ScopeMesh
+	if !mesh {
+		local := probetarget.New(ns, false)
+		if err := local.Load(ctx, r.d.Kube, ns); err != nil {
+			return fmt.Errorf("pre-flight: read what the probes of stage %d may target: %w", r.stage.Number, err)
+		}
+		if local.CheckAll(r.stage.Probes) == nil {
+			return nil
+		}
+	}
+	all := probetarget.New(ns, mesh)
+	if err := all.Load(ctx, r.d.Kube, ""); err != nil {
+		return fmt.Errorf("pre-flight: read what the probes of stage %d may target: %w", r.stage.Number, err)
+	}
+	if err := all.CheckAll(r.stage.Probes); err != nil {
+		return refusef("pre-flight: %v", err)
+	}
 	return nil
 }
 

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	apisecurity "istio.io/api/security/v1beta1"
+	corev1 "k8s.io/api/core/v1"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/probetarget"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
@@ -263,4 +265,45 @@ func buildWith(t *testing.T, w *world, f func(*fakeOpts)) (*plans.Plan, error) {
 	f(&o)
 	w.fake = o
 	return w.build(t)
+}
+
+// TestEveryProbeThePlannerWritesIsATargetPreflightAllows: pre-flight
+// refuses a probe whose target is not the stage's pods or Services or the
+// ingress gateway (internal/probetarget); every probe the planner writes,
+// blocked stages' too, must pass that rule on the cluster the plan was
+// made for, or the plan would offer a stage pre-flight refuses.
+func TestEveryProbeThePlannerWritesIsATargetPreflightAllows(t *testing.T) {
+	disable := newWorld()
+	disable.ns("legacy", true).workload("legacy", "app", true, []int32{8080}).service("legacy", "app", "", 80, 8080, "http").
+		peerAuth("legacy", "off", testNow.Add(-time.Hour), nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil).
+		gateway("legacy.example.com", "app", "legacy", 80)
+	for name, w := range map[string]*world{"online boutique": boutique(), "a DISABLE namespace behind the gateway": disable} {
+		t.Run(name, func(t *testing.T) {
+			p := w.mustBuild(t)
+			probes, gateway := 0, 0
+			for _, st := range p.Stages {
+				scope := probetarget.New(st.Namespace, st.Scope == plans.ScopeMesh)
+				for _, o := range w.kube {
+					switch x := o.(type) {
+					case *corev1.Pod:
+						scope.AddPod(x)
+					case *corev1.Service:
+						scope.AddService(x)
+					}
+				}
+				for _, pr := range st.Probes {
+					probes++
+					if pr.Resolve != "" {
+						gateway++
+					}
+					if err := scope.Check(pr); err != nil {
+						t.Errorf("stage %d (%s, %s): %v", st.Number, st.Namespace, st.Status, err)
+					}
+				}
+			}
+			if probes == 0 || gateway == 0 {
+				t.Fatalf("the plan has %d probes, %d through the gateway: the test checks too little", probes, gateway)
+			}
+		})
+	}
 }
