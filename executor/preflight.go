@@ -17,6 +17,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/gitops"
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
+	"github.com/mtls-migrate/mtls-migrate/internal/meshconfig"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
 	"github.com/mtls-migrate/mtls-migrate/internal/probetarget"
@@ -47,6 +48,9 @@ func (r *run) preflight(ctx context.Context) error {
 	}
 	if r.stage.Status == plans.StatusBlocked {
 		r.note(fmt.Sprintf("blocked stage forced: %s", r.o.Reason))
+	}
+	if err := r.checkRootNamespace(ctx); err != nil {
+		return err
 	}
 	if !r.o.AllowExec {
 		for _, p := range r.stage.Probes {
@@ -86,6 +90,34 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 	r.noteOwnership()
+	return nil
+}
+
+// checkRootNamespace refuses unless the live mesh config's root namespace
+// (meshconfig.Read, the planner's own reader) is the plan's. Istio reads a
+// namespace-wide policy in the root namespace as the mesh-wide one
+// (https://istio.io/latest/docs/reference/config/security/peer_authentication/):
+// with another root, the mesh stage would write an ordinary namespace
+// policy, a namespace stage in the real root a mesh-wide one, and every
+// stage's modes and probes were worked out with the wrong mesh-wide
+// policy; so every stage checks, not only the mesh one (one GET). Not
+// overridden by --force.
+func (r *run) checkRootNamespace(ctx context.Context) error {
+	mc, err := meshconfig.Read(ctx, r.d.Kube)
+	if err != nil {
+		return fmt.Errorf("pre-flight: %w; every stage checks the mesh's root namespace against the plan's first (the Job's RBAC grants get on that one ConfigMap): fix the access or the ConfigMap, then run again", err)
+	}
+	live, planned := mc.RootNamespace, r.o.Plan.Metadata.RootNamespace
+	how := "meshConfig.rootNamespace in " + meshconfig.Source()
+	if !mc.Found {
+		how = fmt.Sprintf("Istio's default: %s does not exist", meshconfig.Source())
+	}
+	switch {
+	case live != planned:
+		return refusef("the mesh's root namespace is %q (%s), but the plan was made for %q (metadata.rootNamespace): the plan's mesh-wide policy and every stage's modes follow from the root namespace, so none of its stages applies here; is --context the cluster the plan was made for? Otherwise re-run plan", live, how, planned)
+	case r.stage.Scope != plans.ScopeMesh && r.stage.Namespace == live:
+		return refusef("stage %d is a namespace stage in %q, the mesh's root namespace (%s): a namespace-wide policy there applies to the whole mesh; only the mesh-scope stage may write there: re-run plan", r.stage.Number, live, how)
+	}
 	return nil
 }
 
