@@ -53,14 +53,10 @@ func (e *env) order(nss []*nsPlan) []plans.Stage {
 }
 
 func (e *env) baseStage(np *nsPlan) plans.Stage {
-	g := gates.Defaults(np.name, e.opts.GateWindow)
-	if np.evidence.PlaintextRequestRate > 0 {
-		g = append(g, gates.PlaintextSources(np.name, e.opts.GateWindow))
-	}
 	return plans.Stage{
 		Namespace: np.name, Scope: plans.ScopeNamespace,
 		Evidence: np.evidence,
-		Gates:    g,
+		Gates:    gates.Defaults(np.name, e.opts.GateWindow),
 		Soak:     e.opts.Soak,
 	}
 }
@@ -92,6 +88,13 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 // stage when it is DISABLE today.
 func (e *env) strictStage(np *nsPlan, pos, of, after int) plans.Stage {
 	st := e.baseStage(np)
+	if np.evidence.PlaintextRequestRate > 0 {
+		// Only STRICT cuts plaintext clients off. A PERMISSIVE stage gets
+		// no such gate: it refuses nothing, and from DISABLE the meshed
+		// clients' plaintext rightly turns into mTLS (auto mTLS), which
+		// the gate would read as clients lost and roll the stage back.
+		st.Gates = append(st.Gates, gates.PlaintextSources(np.name, e.opts.GateWindow))
+	}
 	st.Status = np.status
 	st.CurrentMode, st.TargetMode = np.current, plans.ModeStrict
 	st.Policy, st.PolicyDigest = np.policy, np.digest

@@ -253,6 +253,22 @@ func TestPlanDisableNamespaceGoesPermissiveFirst(t *testing.T) {
 			t.Errorf("a PERMISSIVE stage must not expect refusals: %+v", pr)
 		}
 	}
+	// From DISABLE, PERMISSIVE turns the meshed clients' plaintext into
+	// mTLS: a gate holding the plaintext rate up would roll it back.
+	hasGate := func(st *plans.Stage, name string) bool {
+		for _, g := range st.Gates {
+			if g.Name == name {
+				return true
+			}
+		}
+		return false
+	}
+	if hasGate(&p.Stages[0], "plaintext-request-rate") {
+		t.Errorf("the PERMISSIVE stage has a plaintext-request-rate gate: %+v", p.Stages[0].Gates)
+	}
+	if !hasGate(st, "plaintext-request-rate") {
+		t.Errorf("the STRICT stage lost its plaintext-request-rate gate: %+v", st.Gates)
+	}
 }
 
 type fakeOpts struct {
