@@ -25,13 +25,18 @@ func TestKustomizeRendersTheCronJobSafely(t *testing.T) {
 		t.Fatalf("kubectl kustomize deploy/: %v\n%s", err, out)
 	}
 	kinds := map[string]map[string]any{}
+	var roles []map[string]any
 	for _, doc := range strings.Split(string(out), "\n---\n") {
 		var m map[string]any
 		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
 			t.Fatal(err)
 		}
 		kinds[m["kind"].(string)] = m
+		if m["kind"] == "Role" {
+			roles = append(roles, m)
+		}
 	}
+	checkRolesNameWhatTheyGrant(t, roles)
 	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "CronJob", "ConfigMap"} {
 		if kinds[k] == nil {
 			t.Errorf("rendered output has no %s", k)
@@ -53,4 +58,67 @@ func TestKustomizeRendersTheCronJobSafely(t *testing.T) {
 	if strings.Contains(string(rbac), "secrets") || strings.Contains(string(rbac), "configmaps") || strings.Contains(string(rbac), "'*'") {
 		t.Errorf("ClusterRole grants more than it should:\n%s", rbac)
 	}
+}
+
+// checkRolesNameWhatTheyGrant: every namespaced grant on ConfigMaps and
+// Leases names its objects (resourceNames), except create, which RBAC
+// cannot limit by name and which must stand in a rule of its own; and the
+// names are exactly the state, the plan, the lock and the mesh config.
+func checkRolesNameWhatTheyGrant(t *testing.T, roles []map[string]any) {
+	t.Helper()
+	type grant struct{ ns, resource, name, verb string }
+	got := map[grant]bool{}
+	for _, r := range roles {
+		ns := r["metadata"].(map[string]any)["namespace"].(string)
+		rules, _ := r["rules"].([]any)
+		for _, x := range rules {
+			rule := x.(map[string]any)
+			verbs, names, resources := strs(rule["verbs"]), strs(rule["resourceNames"]), strs(rule["resources"])
+			for _, res := range resources {
+				if res != "configmaps" && res != "leases" {
+					continue
+				}
+				if len(names) == 0 {
+					if len(verbs) != 1 || verbs[0] != "create" {
+						t.Errorf("Role %s/%s grants %v on every %s: only create, which RBAC cannot limit by name, may be granted without resourceNames", ns, r["metadata"].(map[string]any)["name"], verbs, res)
+					}
+				}
+				for _, v := range verbs {
+					if len(names) == 0 {
+						got[grant{ns, res, "*", v}] = true
+					}
+					for _, n := range names {
+						got[grant{ns, res, n, v}] = true
+					}
+				}
+			}
+		}
+	}
+	want := map[grant]bool{
+		{"mtls-migrate", "configmaps", "mtls-migrate-state", "get"}: true, {"mtls-migrate", "configmaps", "mtls-migrate-state", "update"}: true,
+		{"mtls-migrate", "configmaps", "mtls-migrate-plan", "get"}: true,
+		{"mtls-migrate", "configmaps", "*", "create"}:              true,
+		{"mtls-migrate", "leases", "mtls-migrate-lock", "get"}:     true, {"mtls-migrate", "leases", "mtls-migrate-lock", "update"}: true,
+		{"mtls-migrate", "leases", "*", "create"}:      true,
+		{"istio-system", "configmaps", "istio", "get"}: true,
+	}
+	for g := range want {
+		if !got[g] {
+			t.Errorf("the Roles do not grant %s on %s %s/%s: the tool needs it", g.verb, g.resource, g.ns, g.name)
+		}
+	}
+	for g := range got {
+		if !want[g] {
+			t.Errorf("the Roles grant %s on %s %s/%s, which the tool does not need", g.verb, g.resource, g.ns, g.name)
+		}
+	}
+}
+
+func strs(v any) []string {
+	xs, _ := v.([]any)
+	out := make([]string, 0, len(xs))
+	for _, x := range xs {
+		out = append(out, x.(string))
+	}
+	return out
 }

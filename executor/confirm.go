@@ -2,7 +2,10 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -11,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
+	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/rollback"
 )
 
 // NotVerifiedError says the stage's policy was changed by someone else
@@ -59,6 +64,46 @@ func (r *run) stillAsApplied(ctx context.Context, applied *securityv1.PeerAuthen
 		return &NotVerifiedError{Reason: fmt.Sprintf("PeerAuthentication %s/%s was changed during the soak: %s%s; their change is left alone: if a GitOps controller manages it, make the change in the repository it syncs from, then run the stage again", ns, name, what, changedBy(live, r.appliedAt))}
 	}
 	return nil
+}
+
+// recordDone writes the stage done, with the last gate values and the
+// digest of the namespace's PeerAuthentications as the stage left them
+// (leftDigest): a later stage whose policyDigest is after-stage:N starts
+// only from exactly those.
+func (r *run) recordDone(ctx context.Context) error {
+	left, err := r.leftDigest()
+	if err != nil {
+		return err
+	}
+	return r.setPhase(ctx, state.Done, "", func(st *state.StageState) {
+		st.Gates = r.res.Gates
+		st.PolicyDigest = left
+	})
+}
+
+// leftDigest is the digest of the namespace's PeerAuthentications as the
+// stage left them: the snapshot taken right before the change, with the
+// objects the stage wrote as the API server returned them (stillTrue has
+// just found each unchanged since). It is computed, not listed: a policy
+// someone else added, changed or deleted in the namespace meanwhile is not
+// what the stage left, and a later after-stage:N stage, planned for exactly
+// what it left, must refuse it rather than take it as the starting point.
+func (r *run) leftDigest() (string, error) {
+	if r.record == nil || r.applied == nil {
+		return "", errors.New("the run holds no snapshot or applied policy to digest")
+	}
+	snap, err := rollback.Decode(r.record.Snapshot)
+	if err != nil {
+		return "", fmt.Errorf("digest the PeerAuthentications the stage left: %w", err)
+	}
+	byName := map[string]*securityv1.PeerAuthentication{}
+	for _, pa := range snap {
+		byName[pa.Name] = pa
+	}
+	for _, pa := range append([]*securityv1.PeerAuthentication{r.applied}, r.alsoApplied...) {
+		byName[pa.Name] = pa
+	}
+	return peerauth.PolicyDigest(slices.Collect(maps.Values(byName))), nil
 }
 
 // changedBy names the field managers other than the tool's that wrote the

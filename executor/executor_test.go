@@ -206,7 +206,8 @@ func newEnv(t *testing.T, withPolicy bool) *env {
 	e.kube = kubefake.NewClientset(
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cart"}},
 		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "cart-1", Namespace: "cart", UID: "p1"}, Status: corev1.PodStatus{Phase: corev1.PodRunning,
-			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}},
+			PodIP: "10.0.1.1", Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "cartservice", Namespace: "cart"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10"}},
 	)
 	if withPolicy {
 		e.istio = istiofake.NewSimpleClientset(existingPolicy())
@@ -233,7 +234,7 @@ func testPlan(updatesExisting bool, digest string) *plans.Plan {
 			Policy: plans.Policy{APIVersion: plans.PolicyAPIVersion, Kind: plans.PolicyKind, UpdatesExisting: updatesExisting,
 				Metadata: plans.PolicyMetadata{Name: "default", Namespace: "cart", Labels: map[string]string{peerauth.ManagedByLabel: peerauth.ManagedByValue}},
 				Spec:     plans.PolicySpec{MTLS: plans.PolicyMTLS{Mode: plans.ModeStrict}}},
-			Probes: []plans.Probe{{Name: "plaintext", Kind: plans.ProbeExec, URL: "http://cartservice.cart:7070/", Pod: "default/testcurl", Expect: plans.Expect{Refused: true}}},
+			Probes: []plans.Probe{{Name: "plaintext", Kind: plans.ProbeExec, URL: "http://cartservice.cart:7070/", Pod: "cart/cart-1", Expect: plans.Expect{Refused: true}}},
 			Gates:  []plans.Gate{{Name: "success-rate", Query: "success", Comparison: plans.GreaterOrEqual, Threshold: 0.05, Relative: plans.BaselineMinus}},
 			Soak:   plans.Duration(time.Minute),
 		}},
@@ -439,7 +440,16 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 		}, nil, "changed since the plan was made (2026-03-01T10:00:00Z): modified default (by kubectl at 2026-03-01T11:00:00Z)"},
 		{"namespace missing", func(p *plans.Plan) { p.Stages[0].Namespace = "gone" }, nil, nil, `namespace "gone" does not exist`},
-		{"exec probe without --allow-exec-probes", nil, nil, func(o *Options) { o.AllowExec = false }, "runs curl inside pod default/testcurl (exec): pass --allow-exec-probes"},
+		{"no policyDigest", func(p *plans.Plan) { p.Stages[0].PolicyDigest = "" }, nil, nil, "stage 1 (cart) has no policyDigest, so nothing can tell"},
+		{"http probe to a host outside the namespace", func(p *plans.Plan) {
+			p.Stages[0].Probes = append(p.Stages[0].Probes, plans.Probe{Name: "metadata", Kind: plans.ProbeHTTP, URL: "http://169.254.169.254/latest/meta-data/", Expect: plans.Expect{Status: 200}})
+		}, nil, nil, `probe metadata targets 169.254.169.254, which is no running pod, Service or gateway address it may reach; a plan's probe may target only a running pod's IP or a Service (ClusterIP, or svc.ns[.svc[.cluster.local]]) of namespace "cart"`},
+		{"http probe resolving to an address outside the namespace", func(p *plans.Plan) {
+			p.Stages[0].Probes = append(p.Stages[0].Probes, plans.Probe{Name: "gw", Kind: plans.ProbeHTTP, URL: "http://shop.example.com/", Resolve: "shop.example.com:80:10.0.9.9", Expect: plans.Expect{Status: 200}})
+		}, nil, nil, "probe gw targets 10.0.9.9 (resolve)"},
+		{"exec probe in a pod of another namespace", func(p *plans.Plan) { p.Stages[0].Probes[0].Pod = "kube-system/etcd-0" }, nil, nil,
+			"probe plaintext targets pod kube-system/etcd-0 (exec), which is not a running pod there"},
+		{"exec probe without --allow-exec-probes", nil, nil, func(o *Options) { o.AllowExec = false }, "runs curl inside pod cart/cart-1 (exec): pass --allow-exec-probes"},
 		{"plaintext since the plan", nil, func(e *env) {
 			e.prom = func(q string, ts time.Time) (model.Value, error) {
 				if strings.Contains(q, "istio_requests_total") && strings.Contains(q, "connection_security_policy") {
@@ -648,7 +658,9 @@ func TestTelemetryCheckedWhenThePlanSawTraffic(t *testing.T) {
 			p.Metadata.PrometheusURL = "http://prom.example:9090"
 			p.Stages[0].Evidence = tt.ev
 			if tt.mesh {
-				p.Stages[0].Scope = plans.ScopeMesh
+				// As the planner writes it: no probes (cart has no
+				// sidecar, so no meshed pod a probe could target).
+				p.Stages[0].Scope, p.Stages[0].Probes = plans.ScopeMesh, nil
 			}
 			before := e.policy()
 			res, err, w := e.run(p, func(_ *Deps, o *Options) { o.Force, o.Reason = tt.force, "test" })
@@ -800,12 +812,13 @@ func TestStageWritesEveryNamespaceWidePolicyAndRollsThemAllBack(t *testing.T) {
 
 func TestPreflightRefusesWhenTheTargetNoLongerMatchesThePlan(t *testing.T) {
 	e := newEnv(t, true)
-	// The plan was made when default was the only namespace-wide policy
-	// (no digest to catch the change): team appeared since.
+	// The plan's digest is of the live objects, but its policy was written
+	// as if default were the only namespace-wide one (a hand-edited plan):
+	// team is there too.
 	if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(context.Background(), teamPolicy(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err, w := e.run(testPlan(true, ""), nil)
+	_, err, w := e.run(testPlan(true, policyDigest(existingPolicy(), teamPolicy())), nil)
 	if !IsRefused(err) || !strings.Contains(err.Error(), "the plan would update default in place") || !strings.Contains(err.Error(), "the other namespace-wide ones, team") {
 		t.Fatalf("err = %v", err)
 	}

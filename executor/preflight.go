@@ -17,8 +17,10 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/gitops"
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
+	"github.com/mtls-migrate/mtls-migrate/internal/meshconfig"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/internal/probe"
+	"github.com/mtls-migrate/mtls-migrate/internal/probetarget"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -47,12 +49,19 @@ func (r *run) preflight(ctx context.Context) error {
 	if r.stage.Status == plans.StatusBlocked {
 		r.note(fmt.Sprintf("blocked stage forced: %s", r.o.Reason))
 	}
+	if err := r.checkRootNamespace(ctx); err != nil {
+		return err
+	}
 	if !r.o.AllowExec {
 		for _, p := range r.stage.Probes {
 			if p.Kind == plans.ProbeExec {
 				return refusef("probe %s runs curl inside pod %s (exec): pass --allow-exec-probes to let it (the Job's RBAC must allow pods/exec there), or replace it with an http probe", p.Name, p.Pod)
 			}
 		}
+	}
+
+	if err := r.checkProbeTargets(ctx); err != nil {
+		return err
 	}
 
 	st, err := r.d.Store.Load(ctx)
@@ -68,7 +77,7 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 	r.live = live
-	if err := r.checkPolicies(); err != nil {
+	if err := r.checkPolicies(st); err != nil {
 		return err
 	}
 	if err := r.checkTarget(); err != nil {
@@ -81,6 +90,65 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 	r.noteOwnership()
+	return nil
+}
+
+// checkRootNamespace refuses unless the live mesh config's root namespace
+// (meshconfig.Read, the planner's own reader) is the plan's. Istio reads a
+// namespace-wide policy in the root namespace as the mesh-wide one
+// (https://istio.io/latest/docs/reference/config/security/peer_authentication/):
+// with another root, the mesh stage would write an ordinary namespace
+// policy, a namespace stage in the real root a mesh-wide one, and every
+// stage's modes and probes were worked out with the wrong mesh-wide
+// policy; so every stage checks, not only the mesh one (one GET). Not
+// overridden by --force.
+func (r *run) checkRootNamespace(ctx context.Context) error {
+	mc, err := meshconfig.Read(ctx, r.d.Kube)
+	if err != nil {
+		return fmt.Errorf("pre-flight: %w; every stage checks the mesh's root namespace against the plan's first (the Job's RBAC grants get on that one ConfigMap): fix the access or the ConfigMap, then run again", err)
+	}
+	live, planned := mc.RootNamespace, r.o.Plan.Metadata.RootNamespace
+	how := "meshConfig.rootNamespace in " + meshconfig.Source()
+	if !mc.Found {
+		how = fmt.Sprintf("Istio's default: %s does not exist", meshconfig.Source())
+	}
+	switch {
+	case live != planned:
+		return refusef("the mesh's root namespace is %q (%s), but the plan was made for %q (metadata.rootNamespace): the plan's mesh-wide policy and every stage's modes follow from the root namespace, so none of its stages applies here; is --context the cluster the plan was made for? Otherwise re-run plan", live, how, planned)
+	case r.stage.Scope != plans.ScopeMesh && r.stage.Namespace == live:
+		return refusef("stage %d is a namespace stage in %q, the mesh's root namespace (%s): a namespace-wide policy there applies to the whole mesh; only the mesh-scope stage may write there: re-run plan", r.stage.Number, live, how)
+	}
+	return nil
+}
+
+// checkProbeTargets refuses a probe whose target a plan's probe may not
+// have (probetarget: a running pod or a Service of the stage's namespace,
+// or the ingress gateway): a plan is input, and its probes are requests
+// made from the tool's network position or inside pods. The stage's
+// namespace is read first; the whole cluster (gateway pods live elsewhere,
+// and the mesh-wide stage may probe any meshed namespace) only when that
+// is not enough: a scope of fewer objects only refuses more.
+func (r *run) checkProbeTargets(ctx context.Context) error {
+	if len(r.stage.Probes) == 0 {
+		return nil
+	}
+	ns, mesh := r.stage.Namespace, r.stage.Scope == plans.ScopeMesh
+	if !mesh {
+		local := probetarget.New(ns, false)
+		if err := local.Load(ctx, r.d.Kube, ns); err != nil {
+			return fmt.Errorf("pre-flight: read what the probes of stage %d may target: %w", r.stage.Number, err)
+		}
+		if local.CheckAll(r.stage.Probes) == nil {
+			return nil
+		}
+	}
+	all := probetarget.New(ns, mesh)
+	if err := all.Load(ctx, r.d.Kube, ""); err != nil {
+		return fmt.Errorf("pre-flight: read what the probes of stage %d may target: %w", r.stage.Number, err)
+	}
+	if err := all.CheckAll(r.stage.Probes); err != nil {
+		return refusef("pre-flight: %v", err)
+	}
 	return nil
 }
 
@@ -126,35 +194,91 @@ func orUnknown(s string) string {
 	return s
 }
 
-// checkPolicies refuses when the namespace's PeerAuthentications changed
-// since the plan was made (their digest is not the stage's policyDigest,
-// which the planner computed with the same peerauth.PolicyDigest), naming
-// what changed as far as the objects tell.
-func (r *run) checkPolicies() error {
-	if r.stage.PolicyDigest == "" {
-		r.note("the plan has no policyDigest for this stage: not checking whether PeerAuthentications changed since the plan")
+// checkPolicies refuses when the namespace's PeerAuthentications are not
+// what the stage's policyDigest says they must be, naming what changed as
+// far as the objects tell: their digest when the plan was made (the planner
+// computed it with the same peerauth.PolicyDigest), or, for after-stage:N,
+// the digest the state recorded when stage N of this plan was done. An empty
+// policyDigest (the plan's validation requires one) refuses too: a check
+// that cannot compare never passes.
+func (r *run) checkPolicies(st *state.State) error {
+	ns := r.stage.Namespace
+	want := r.stage.PolicyDigest
+	ref := changeRef{since: r.o.Plan.Metadata.GeneratedAt, what: "the plan"}
+	what := fmt.Sprintf("since the plan was made (%s)", ref.since.UTC().Format(time.RFC3339))
+	if n, ok := r.stage.PolicyAfterStage(); ok {
+		prev, err := r.afterStage(st, n)
+		if err != nil {
+			return err
+		}
+		want = prev.PolicyDigest
+		// Changes are looked for from stage n's change on, its own
+		// writes left out: what it left is the reference.
+		ref = changeRef{since: prev.StartedAt, what: fmt.Sprintf("stage %d's change", n), own: r.stageAnnotationOf(n)}
+		what = fmt.Sprintf("since stage %d left them (done at %s)", n, prev.FinishedAt.UTC().Format(time.RFC3339))
+	}
+	if want == "" {
+		return refusef("stage %d (%s) has no policyDigest, so nothing can tell whether its PeerAuthentications changed since the plan; re-run plan (it writes one for every stage)", r.stage.Number, ns)
+	}
+	if peerauth.PolicyDigest(r.live) == want {
 		return nil
 	}
-	got := peerauth.PolicyDigest(r.live)
-	if got == r.stage.PolicyDigest {
-		return nil
-	}
-	return refusef("the PeerAuthentications in %q changed since the plan was made (%s): %s; re-run plan",
-		r.stage.Namespace, r.o.Plan.Metadata.GeneratedAt.Format(time.RFC3339), describeChanges(r.live, r.o.Plan.Metadata.GeneratedAt))
+	return refusef("the PeerAuthentications in %q changed %s: %s; re-run plan", ns, what, describeChanges(r.live, ref))
 }
 
-// describeChanges names objects created or modified after the plan, from
+// afterStage returns the state's record of stage n, the earlier stage whose
+// result this stage's policyDigest (after-stage:n) names, refusing unless
+// it is done under this plan (or was carried over to it by --replan) with
+// the digest of what it left.
+func (r *run) afterStage(st *state.State, n int) (*state.StageState, error) {
+	ns := r.stage.Namespace
+	var prev *state.StageState
+	if rec := st.Plan(r.o.PlanDigest); rec != nil {
+		prev = rec.Stage(n)
+	}
+	phase := state.Pending
+	if prev != nil {
+		phase = prev.Phase
+	}
+	switch {
+	case phase != state.Done:
+		return nil, refusef("stage %d (%s) starts from what stage %d of this plan leaves (policyDigest after-stage:%d), and stage %d is %s: apply stage %d first", r.stage.Number, ns, n, n, n, phase, n)
+	case prev.Namespace != ns:
+		return nil, refusef("stage %d (%s) starts from what stage %d leaves, but the migration state has stage %d on namespace %q: the state does not belong to this plan; check --plan and --state-namespace", r.stage.Number, ns, n, n, prev.Namespace)
+	case prev.PolicyDigest == "":
+		return nil, refusef("stage %d (%s) starts from what stage %d leaves, but stage %d was recorded done without the digest of the PeerAuthentications it left (by an earlier mtls-migrate), so nothing can tell whether they are still as it left them; re-run plan: the new plan's stage for %q carries their digest", r.stage.Number, ns, n, n, ns)
+	}
+	return prev, nil
+}
+
+// changeRef is what describeChanges compares with: objects written after
+// since, other than by the tool for the stage own (a stage annotation,
+// "PLAN/N"; empty: none left out), are named; what says what since is.
+type changeRef struct {
+	since time.Time
+	what  string
+	own   string
+}
+
+// describeChanges names objects created or modified after ref.since, from
 // their creation time and managedFields times; with none, one was deleted
-// (the plan holds only a digest, so a deleted name cannot be told).
-func describeChanges(live []*securityv1.PeerAuthentication, since time.Time) string {
+// (the plan and the state hold only a digest, so a deleted name cannot be
+// told).
+func describeChanges(live []*securityv1.PeerAuthentication, ref changeRef) string {
 	var parts []string
 	for _, pa := range live {
+		ours := ref.own != "" && pa.Annotations[peerauth.StageAnnotation] == ref.own
 		switch {
-		case pa.CreationTimestamp.After(since):
-			parts = append(parts, "added "+pa.Name)
+		case pa.CreationTimestamp.After(ref.since):
+			if !ours || pa.Labels[peerauth.ManagedByLabel] != peerauth.ManagedByValue {
+				parts = append(parts, "added "+pa.Name)
+			}
 		default:
 			for _, mf := range pa.ManagedFields {
-				if mf.Time != nil && mf.Time.After(since) {
+				if ours && mf.Manager == peerauth.FieldManager {
+					continue
+				}
+				if mf.Time != nil && mf.Time.After(ref.since) {
 					parts = append(parts, fmt.Sprintf("modified %s (by %s at %s)", pa.Name, mf.Manager, mf.Time.UTC().Format(time.RFC3339)))
 					break
 				}
@@ -166,7 +290,7 @@ func describeChanges(live []*securityv1.PeerAuthentication, since time.Time) str
 		for _, pa := range live {
 			names = append(names, pa.Name)
 		}
-		return fmt.Sprintf("none of the current ones (%s) is newer than the plan, so one was deleted", strings.Join(names, ", "))
+		return fmt.Sprintf("none of the current ones (%s) is newer than %s, so one was deleted", strings.Join(names, ", "), ref.what)
 	}
 	return strings.Join(parts, "; ")
 }

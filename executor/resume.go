@@ -71,7 +71,7 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	if err != nil {
 		return r.res, r.fail(ctx, "could not read the target PeerAuthentication: "+err.Error(), err)
 	}
-	alsoLive, err := r.alsoLive(ctx, ss)
+	alsoLive, allAlso, err := r.alsoLive(ctx, ss)
 	if err != nil {
 		return r.res, r.fail(ctx, "could not read the other namespace-wide PeerAuthentications the stage writes: "+err.Error(), err)
 	}
@@ -91,7 +91,7 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 		return r.res, nil
 	}
 
-	if !alsoLive {
+	if !allAlso {
 		// The policy Istio uses changed but not every other namespace-wide
 		// one did: finishing the write would need the plan's view of
 		// objects a dead run was writing; undoing it needs only the
@@ -122,12 +122,25 @@ func Resume(ctx context.Context, d Deps, o Options) (*Result, error) {
 	if r.pods, err = health.NewPodCheck(ctx, d.Kube, ss.Namespace); err != nil {
 		return r.res, r.fail(ctx, "resume: "+err.Error(), err)
 	}
-	r.applied, r.appliedAt = live, ss.StartedAt
+	// What "done" is checked against (stillTrue): every policy the stage
+	// writes, as found now, the other namespace-wide ones as much as the
+	// one Istio uses; a fresh run knows them from its own apply.
+	r.applied, r.alsoApplied, r.appliedAt = live, alsoLive, ss.StartedAt
 	r.record.Target.UID, r.record.Target.ResourceVersion = string(live.UID), live.ResourceVersion
+	for i, pa := range alsoLive {
+		if i < len(r.record.AlsoTargets) && r.record.AlsoTargets[i].Name == pa.Name {
+			r.record.AlsoTargets[i].UID, r.record.AlsoTargets[i].ResourceVersion = string(pa.UID), pa.ResourceVersion
+		}
+	}
 	r.event(ctx, corev1.EventTypeNormal, events.StageApplying, fmt.Sprintf("stage %d: resuming the verification a previous run left %s", ss.Number, ss.Phase))
 	if err := r.setPhase(ctx, state.Applying, "resumed after the previous run died", func(st *state.StageState) {
 		st.Target.UID = string(live.UID)
 		st.Target.ResourceVersion = live.ResourceVersion
+		for i, pa := range alsoLive {
+			if i < len(st.AlsoTargets) && st.AlsoTargets[i].Name == pa.Name {
+				st.AlsoTargets[i].UID, st.AlsoTargets[i].ResourceVersion = string(pa.UID), pa.ResourceVersion
+			}
+		}
 	}); err != nil {
 		return r.res, r.fail(ctx, "record resume: "+err.Error(), err)
 	}
@@ -156,22 +169,25 @@ func (r *run) liveTarget(ctx context.Context, ss *state.StageState) (*securityv1
 	return pa, nil
 }
 
-// alsoLive reports whether every other namespace-wide policy the stage
-// writes has the stage's mode (and, where the apply recorded one, its UID).
-func (r *run) alsoLive(ctx context.Context, ss *state.StageState) (bool, error) {
+// alsoLive returns, in the state's order, the other namespace-wide
+// policies the stage writes as they are now, and whether every one has the
+// stage's mode (and, where the apply recorded one, its UID).
+func (r *run) alsoLive(ctx context.Context, ss *state.StageState) ([]*securityv1.PeerAuthentication, bool, error) {
+	out := make([]*securityv1.PeerAuthentication, 0, len(ss.AlsoTargets))
 	for _, t := range ss.AlsoTargets {
 		pa, err := peerauth.Get(ctx, r.d.Istio, ss.Namespace, t.Name)
 		if apierrors.IsNotFound(err) {
-			return false, nil
+			return nil, false, nil
 		}
 		if err != nil {
-			return false, err
+			return nil, false, err
 		}
 		if (t.UID != "" && string(pa.UID) != t.UID) || pa.Spec.GetMtls().GetMode().String() != t.Mode {
-			return false, nil
+			return nil, false, nil
 		}
+		out = append(out, pa)
 	}
-	return true, nil
+	return out, true, nil
 }
 
 func anyChanged(reps []rollback.StageReport) bool {

@@ -3,6 +3,7 @@ package executor
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,10 +12,12 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	applyv1 "istio.io/client-go/pkg/applyconfiguration/security/v1"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
 var errDead = errors.New("the process was killed")
@@ -168,6 +171,92 @@ func TestResumeAfterACrashNeverLeavesTheChangeUnverified(t *testing.T) {
 				if _, err, _ := e.run(testPlan(true, policyDigest(existingPolicy())), nil); err != nil || e.phase() != state.Done {
 					t.Fatalf("fresh run after pending: %v, phase %s", err, e.phase())
 				}
+			}
+		})
+	}
+}
+
+// TestResumedRunRechecksEveryPolicyTheStageWrote: before done, a resumed
+// run re-reads the other namespace-wide policies the stage wrote
+// (policy.alsoUpdates) as a fresh run does, not only the one Istio uses.
+func TestResumedRunRechecksEveryPolicyTheStageWrote(t *testing.T) {
+	tests := []struct {
+		name       string
+		changed    string // the policy someone sets back to PERMISSIVE during the resumed soak
+		wantPhase  state.Phase
+		wantReason string
+	}{
+		{name: "the other namespace-wide policy changed", changed: "team", wantPhase: state.Failed, wantReason: "PeerAuthentication cart/team was changed during the soak"},
+		{name: "the policy Istio uses changed", changed: "default", wantPhase: state.Failed, wantReason: "PeerAuthentication cart/default was changed during the soak"},
+		{name: "nothing changed", wantPhase: state.Done},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, true)
+			if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Create(ctx, teamPolicy(), metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			plan := func() *plans.Plan {
+				p := testPlan(true, policyDigest(existingPolicy(), teamPolicy()))
+				p.Stages[0].Policy.AlsoUpdates = []string{"team"}
+				return p
+			}
+			ds := &dyingStore{Store: e.store, dieAfter: crashAt(state.Soaking, true)}
+			firstRun := true
+			e.istio.PrependReactor("*", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
+				if ds.dead && firstRun {
+					return true, nil, errDead
+				}
+				return false, nil, nil
+			})
+			e.run(plan(), func(d *Deps, _ *Options) {
+				d.Store = ds
+				d.Writer = dyingWriter{PolicyWriter: d.Writer, s: ds}
+			})
+			if !ds.dead || e.phase() != state.Soaking {
+				t.Fatalf("the first run did not die soaking (phase %s)", e.phase())
+			}
+			firstRun = false
+			e.clock.now = e.clock.now.Add(5 * time.Minute)
+			ticks := 0
+			e.prom = func(q string, ts time.Time) (model.Value, error) {
+				if q == "success" && e.phase() == state.Soaking && tt.changed != "" {
+					if ticks++; ticks == 2 {
+						pa, err := e.istio.SecurityV1().PeerAuthentications("cart").Get(ctx, tt.changed, metav1.GetOptions{})
+						if err != nil {
+							t.Fatal(err)
+						}
+						pa.Spec.Mtls.Mode = apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE
+						pa.ResourceVersion = "99"
+						if _, err := e.istio.SecurityV1().PeerAuthentications("cart").Update(ctx, pa, metav1.UpdateOptions{}); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				return healthyProm(q, ts)
+			}
+			var res *Result
+			var err error
+			e.run(plan(), func(d *Deps, o *Options) {
+				res, err = Resume(ctx, *d, *o)
+				o.DryRun = true
+			})
+			if e.phase() != tt.wantPhase {
+				t.Fatalf("phase %s, want %s (err %v)", e.phase(), tt.wantPhase, err)
+			}
+			if tt.wantReason == "" {
+				if err != nil || res.Outcome != OutcomeDone {
+					t.Fatalf("outcome %s, %v", res.Outcome, err)
+				}
+				return
+			}
+			var nv *NotVerifiedError
+			if !errors.As(err, &nv) || !strings.Contains(nv.Reason, tt.wantReason) {
+				t.Fatalf("err = %v, want a NotVerifiedError saying %q", err, tt.wantReason)
+			}
+			if pa, _ := e.istio.SecurityV1().PeerAuthentications("cart").Get(ctx, tt.changed, metav1.GetOptions{}); pa.Spec.GetMtls().GetMode() != apisecurity.PeerAuthentication_MutualTLS_PERMISSIVE {
+				t.Errorf("%s is %s: their change was not left alone", tt.changed, pa.Spec.GetMtls().GetMode())
 			}
 		})
 	}

@@ -178,7 +178,7 @@ func (r *run) verify(ctx context.Context) error {
 	if reason := r.reprobe(ctx); reason != "" {
 		return r.fail(ctx, reason, nil)
 	}
-	if err := r.setPhase(ctx, state.Done, "", func(st *state.StageState) { st.Gates = r.res.Gates }); err != nil {
+	if err := r.recordDone(ctx); err != nil {
 		return r.fail(ctx, "record done: "+err.Error(), err)
 	}
 	r.res.Outcome = OutcomeDone
@@ -300,7 +300,12 @@ func (r *run) dryRun(ctx context.Context) error {
 }
 
 func (r *run) stageAnnotation() string {
-	return fmt.Sprintf("%s/%d", r.o.Plan.Metadata.Name, r.stage.Number)
+	return r.stageAnnotationOf(r.stage.Number)
+}
+
+// stageAnnotationOf is the stage annotation stage n of the plan writes.
+func (r *run) stageAnnotationOf(n int) string {
+	return fmt.Sprintf("%s/%d", r.o.Plan.Metadata.Name, n)
 }
 
 // ours reports whether live is exactly what the stage writes over snap (the

@@ -219,13 +219,15 @@ func (c *propCluster) plan(t *testing.T) *plans.Plan {
 	return p
 }
 
-// newRun is a run of stage n with the cluster's clients and a fresh state.
-func (c *propCluster) newRun(p *plans.Plan, n int) *run {
+// newRun is a run of stage n with the cluster's clients and the plan's
+// state (one store per plan: a stage whose policyDigest is after-stage:N
+// starts from what stage N recorded when it was done).
+func (c *propCluster) newRun(p *plans.Plan, n int, store state.Store) *run {
 	clk := &fakeClock{now: propNow.Add(time.Minute)}
 	log := []string{}
 	d := Deps{
 		Kube: c.kube, Istio: c.istio, Writer: &fakeWriter{e: &env{istio: c.istio, log: &log}},
-		Prom: promFunc(healthyProm), Store: state.NewMemory(), Clock: clk,
+		Prom: promFunc(healthyProm), Store: store, Clock: clk,
 		Progress: LogProgress{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 	}
 	d.defaults()
@@ -302,6 +304,7 @@ type propCoverage struct {
 // returns what broke the property, "" when nothing.
 func checkStages(t *testing.T, c *propCluster, p *plans.Plan, cov *propCoverage) string {
 	ctx := context.Background()
+	store := state.NewMemory()
 	for i := range p.Stages {
 		st := &p.Stages[i]
 		if st.Status == plans.StatusBlocked {
@@ -314,7 +317,7 @@ func checkStages(t *testing.T, c *propCluster, p *plans.Plan, cov *propCoverage)
 		if !st.Policy.UpdatesExisting && st.Policy.Metadata.Name != "default" {
 			cov.createdElsewhere++
 		}
-		if st.TargetMode == plans.ModeStrict && st.CurrentMode == plans.ModePermissive && st.PolicyDigest == "" {
+		if _, ok := st.PolicyAfterStage(); ok && st.TargetMode == plans.ModeStrict {
 			cov.twoStep++
 		}
 		if st.Scope == plans.ScopeMesh {
@@ -331,7 +334,7 @@ func checkStages(t *testing.T, c *propCluster, p *plans.Plan, cov *propCoverage)
 		before := c.resolver(t)
 		snap := snapshotPolicies(c.list(t, st.Namespace))
 
-		r := c.newRun(p, st.Number)
+		r := c.newRun(p, st.Number, store)
 		if err := r.preflight(ctx); err != nil {
 			return fmt.Sprintf("%s: pre-flight on the cluster the plan was made for: %v", where, err)
 		}
@@ -399,9 +402,15 @@ func checkStages(t *testing.T, c *propCluster, p *plans.Plan, cov *propCoverage)
 		if d := samePolicies(snap, snapshotPolicies(c.list(t, st.Namespace))); d != "" {
 			return fmt.Sprintf("%s: after the rollback %s", where, d)
 		}
+		for _, ph := range []state.Phase{state.RollingBack, state.RolledBack} {
+			if err := r.setPhase(ctx, ph, "property test", nil); err != nil {
+				return fmt.Sprintf("%s: record %s: %v", where, ph, err)
+			}
+		}
 
-		// Carry the stage out again: the next stages come after it.
-		r = c.newRun(p, st.Number)
+		// Carry the stage out again and record it done as a run does
+		// (with the digest of what it left): the next stages come after it.
+		r = c.newRun(p, st.Number, store)
 		if err := r.preflight(ctx); err != nil {
 			return fmt.Sprintf("%s: pre-flight after its own rollback: %v", where, err)
 		}
@@ -410,6 +419,15 @@ func checkStages(t *testing.T, c *propCluster, p *plans.Plan, cov *propCoverage)
 		}
 		if err := r.apply(ctx); err != nil {
 			return fmt.Sprintf("%s: apply again: %v", where, err)
+		}
+		if err := r.setPhase(ctx, state.Soaking, "", nil); err != nil {
+			return fmt.Sprintf("%s: record soaking: %v", where, err)
+		}
+		if err := r.stillTrue(ctx); err != nil {
+			return fmt.Sprintf("%s: before done: %v", where, err)
+		}
+		if err := r.recordDone(ctx); err != nil {
+			return fmt.Sprintf("%s: record done: %v", where, err)
 		}
 	}
 	return ""

@@ -184,7 +184,7 @@ func (e *env) analyse(ns string) *nsPlan {
 	}
 	np.modes = e.modeChanges(ns, plans.ModeStrict)
 	np.probes, np.gwProbes = e.probes(ns)
-	np.gates = e.stageGates(ns, np.evidence)
+	np.gates = append(e.stageGates(ns, np.evidence), e.plaintextGates(ns, np.evidence)...)
 	if !np.disable {
 		// A DISABLE namespace's STRICT stage follows its PERMISSIVE one,
 		// which is checked on its own (permissiveStage).

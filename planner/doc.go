@@ -30,7 +30,7 @@
 //	PARTIAL_TELEMETRY             review    Prometheus answered with warnings: the evidence may be incomplete
 //	HEADLESS_SERVICE              review    headless Services or StatefulSets whose peers talk pod to pod
 //	SIDECARLESS_CLIENT            review    a sidecar-less Pod or CronJob elsewhere names a Service of the namespace (a job the window may not have seen)
-//	CURRENT_MODE_DISABLE          review    the namespace is DISABLE today: PERMISSIVE first (info on that stage), STRICT in a later stage after a new plan
+//	CURRENT_MODE_DISABLE          review    the namespace is DISABLE today: PERMISSIVE first (info on that stage), STRICT in a later stage of the same plan once that one is done (policyDigest after-stage:N)
 //	EXISTING_NAMESPACE_POLICY     review    a namespace-wide PeerAuthentication not made by mtls-migrate will be changed in place; or several namespace-wide ones, all of which the stage sets (policy.alsoUpdates; info on a PERMISSIVE stage)
 //	AMBIENT_NAMESPACE             review    the namespace is in ambient mode (ztunnel, no sidecars): the plan's evidence does not apply
 //	GITOPS_MANAGED                review    the policy changed in place, or the namespace, is managed by Argo CD, Flux or Helm (self-heal reverts the stage)

@@ -17,9 +17,13 @@ var statusRank = map[plans.Status]int{plans.StatusReady: 0, plans.StatusNeedsRev
 // least used first (inbound traffic, then dependents, then name).
 func (e *env) order(nss []*nsPlan) []plans.Stage {
 	var out []plans.Stage
+	// permissiveAt is each DISABLE namespace's PERMISSIVE stage number:
+	// stages are numbered in this order, from 1.
+	permissiveAt := map[string]int{}
 	for _, np := range nss {
 		if np.disable {
 			out = append(out, e.permissiveStage(np))
+			permissiveAt[np.name] = len(out)
 		}
 	}
 	sorted := append([]*nsPlan(nil), nss...)
@@ -43,17 +47,16 @@ func (e *env) order(nss []*nsPlan) []plans.Stage {
 	}
 	for _, np := range sorted {
 		pos[np.status]++
-		out = append(out, e.strictStage(np, pos[np.status], count[np.status]))
+		out = append(out, e.strictStage(np, pos[np.status], count[np.status], permissiveAt[np.name]))
 	}
 	return out
 }
 
 func (e *env) baseStage(np *nsPlan) plans.Stage {
-	g := np.gates
 	return plans.Stage{
 		Namespace: np.name, Scope: plans.ScopeNamespace,
 		Evidence: np.evidence,
-		Gates:    g,
+		Gates:    e.stageGates(np.name, np.evidence),
 		Soak:     e.opts.Soak,
 	}
 }
@@ -70,7 +73,7 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 		Code: CodeCurrentModeDisable, Severity: plans.SeverityInfo,
 		Message: fmt.Sprintf("%s is effectively DISABLE today; this stage moves it to PERMISSIVE, never straight to STRICT", np.name),
 		Object:  plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: np.name},
-		Fix:     "after this stage, let traffic run for a telemetry window and re-run plan for the STRICT stage",
+		Fix:     "after this stage, let traffic run on PERMISSIVE: the plan's STRICT stage for the namespace comes later, and its pre-flight refuses while plaintext still arrives there or while its PeerAuthentications are not as this stage left them",
 	}}
 	if note := severalNamespacePolicies(e.target(np.name), plans.ModePermissive); note != "" {
 		st.Risks = append(st.Risks, plans.Risk{
@@ -86,8 +89,11 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 	return st
 }
 
-func (e *env) strictStage(np *nsPlan, pos, of int) plans.Stage {
+// strictStage is np's STRICT stage; after is the number of its PERMISSIVE
+// stage when it is DISABLE today.
+func (e *env) strictStage(np *nsPlan, pos, of, after int) plans.Stage {
 	st := e.baseStage(np)
+	st.Gates = np.gates
 	st.Status = np.status
 	st.CurrentMode, st.TargetMode = np.current, plans.ModeStrict
 	st.Policy, st.PolicyDigest = np.policy, np.digest
@@ -95,11 +101,12 @@ func (e *env) strictStage(np *nsPlan, pos, of int) plans.Stage {
 	st.Risks = np.risks
 	st.Probes = e.stageProbes(np, true)
 	if np.disable {
-		// The PERMISSIVE stage changes the policy first: the digest taken
-		// now cannot match then; the CURRENT_MODE_DISABLE risk asks for a
-		// new plan anyway.
+		// The PERMISSIVE stage writes the policy first, and the digest
+		// covers UIDs and creation times no plan can know before: this
+		// stage requires exactly what that stage left (the executor
+		// records it when the stage is done), and writes what it wrote.
 		st.CurrentMode = plans.ModePermissive
-		st.PolicyDigest = ""
+		st.PolicyDigest = plans.AfterStage(after)
 		st.Policy = e.target(np.name).Applied().Policy(plans.ModeStrict)
 	}
 	traffic := fmt.Sprintf("inbound %g/s from %d other namespace(s)", round(np.inboundRate), np.dependents)
@@ -170,6 +177,9 @@ func (e *env) meshStage(nss []*nsPlan) plans.Stage {
 	ev.PlaintextByteRate, ev.MTLSByteRate = round(ev.PlaintextByteRate), round(ev.MTLSByteRate)
 	st.Evidence = ev
 	st.Gates = e.stageGates("", ev)
+	if st.TargetMode == plans.ModeStrict {
+		st.Gates = append(st.Gates, e.plaintextGates("", ev)...)
+	}
 	st.Risks = append(st.Risks, e.unverifiable(root, ev, nil, st.Gates)...)
 	nsRef := plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: root}
 	if len(blocked) > 0 {
@@ -251,17 +261,26 @@ func (e *env) rootWorkloadsOpen() []plans.Risk {
 }
 
 // stageGates are the health gates of a stage on ns ("" for the mesh): the
-// request gates always; the TCP gates when the namespace serves a port that
-// is not HTTP or the evidence saw TCP connections; and, for a namespace
-// that takes plaintext today (a stage someone may force), gates that see
-// those clients vanish.
+// request gates always, and the TCP gates when the namespace serves a port
+// that is not HTTP or the evidence saw TCP.
 func (e *env) stageGates(ns string, ev plans.Evidence) []plans.Gate {
 	g := gates.Defaults(ns, e.opts.GateWindow)
-	if ev.PlaintextRequestRate > 0 {
-		g = append(g, gates.PlaintextSources(ns, e.opts.GateWindow))
-	}
 	if ev.MTLSConnectionRate+ev.PlaintextConnectionRate+ev.MTLSByteRate+ev.PlaintextByteRate > 0 || e.servesTCP(ns) {
 		g = append(g, gates.TCPGates(ns, e.opts.GateWindow)...)
+	}
+	return g
+}
+
+// plaintextGates are the gates of a STRICT stage on a namespace that takes
+// plaintext today (a stage someone may force): they see those clients
+// vanish. Only STRICT cuts plaintext clients off. A PERMISSIVE stage gets
+// none: it refuses nothing, and from DISABLE the meshed clients' plaintext
+// rightly turns into mTLS (auto mTLS), which these gates would read as
+// clients lost and roll the stage back.
+func (e *env) plaintextGates(ns string, ev plans.Evidence) []plans.Gate {
+	var g []plans.Gate
+	if ev.PlaintextRequestRate > 0 {
+		g = append(g, gates.PlaintextSources(ns, e.opts.GateWindow))
 	}
 	if ev.PlaintextConnectionRate > 0 {
 		g = append(g, gates.PlaintextConnections(ns, e.opts.GateWindow))

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	apisecurity "istio.io/api/security/v1beta1"
+	corev1 "k8s.io/api/core/v1"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/probetarget"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
@@ -240,6 +242,18 @@ func TestPlanDisableNamespaceGoesPermissiveFirst(t *testing.T) {
 	if st == nil || st.Number <= 1 || st.Status == plans.StatusReady || hasRisk(st, CodeCurrentModeDisable) == nil {
 		t.Fatalf("STRICT stage = %+v, want a later, non-ready stage with CURRENT_MODE_DISABLE", st)
 	}
+	// The STRICT stage cannot know the digest of what the PERMISSIVE stage
+	// writes (UIDs, creation times): it names that stage instead, so the
+	// plan carries both through without a new one.
+	if st.PolicyDigest != plans.AfterStage(p.Stages[0].Number) {
+		t.Errorf("STRICT stage policyDigest = %q, want %q", st.PolicyDigest, plans.AfterStage(p.Stages[0].Number))
+	}
+	if !strings.HasPrefix(p.Stages[0].PolicyDigest, "sha256:") {
+		t.Errorf("PERMISSIVE stage policyDigest = %q, want the digest of today's policies", p.Stages[0].PolicyDigest)
+	}
+	if r := hasRisk(st, CodeCurrentModeDisable); strings.Contains(r.Message+r.Fix, "must be re-planned") {
+		t.Errorf("CURRENT_MODE_DISABLE still asks for a new plan: %+v", r)
+	}
 	if r := hasRisk(st, CodeMeshedClientPlaintext); r == nil || r.Severity != plans.SeverityReview {
 		t.Errorf("meshed plaintext under DISABLE should be review, got %+v", r)
 	}
@@ -247,6 +261,22 @@ func TestPlanDisableNamespaceGoesPermissiveFirst(t *testing.T) {
 		if pr.Expect.Refused {
 			t.Errorf("a PERMISSIVE stage must not expect refusals: %+v", pr)
 		}
+	}
+	// From DISABLE, PERMISSIVE turns the meshed clients' plaintext into
+	// mTLS: a gate holding the plaintext rate up would roll it back.
+	hasGate := func(st *plans.Stage, name string) bool {
+		for _, g := range st.Gates {
+			if g.Name == name {
+				return true
+			}
+		}
+		return false
+	}
+	if hasGate(&p.Stages[0], "plaintext-request-rate") {
+		t.Errorf("the PERMISSIVE stage has a plaintext-request-rate gate: %+v", p.Stages[0].Gates)
+	}
+	if !hasGate(st, "plaintext-request-rate") {
+		t.Errorf("the STRICT stage lost its plaintext-request-rate gate: %+v", st.Gates)
 	}
 }
 
@@ -260,4 +290,45 @@ func buildWith(t *testing.T, w *world, f func(*fakeOpts)) (*plans.Plan, error) {
 	f(&o)
 	w.fake = o
 	return w.build(t)
+}
+
+// TestEveryProbeThePlannerWritesIsATargetPreflightAllows: pre-flight
+// refuses a probe whose target is not the stage's pods or Services or the
+// ingress gateway (internal/probetarget); every probe the planner writes,
+// blocked stages' too, must pass that rule on the cluster the plan was
+// made for, or the plan would offer a stage pre-flight refuses.
+func TestEveryProbeThePlannerWritesIsATargetPreflightAllows(t *testing.T) {
+	disable := newWorld()
+	disable.ns("legacy", true).workload("legacy", "app", true, []int32{8080}).service("legacy", "app", "", 80, 8080, "http").
+		peerAuth("legacy", "off", testNow.Add(-time.Hour), nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil).
+		gateway("legacy.example.com", "app", "legacy", 80)
+	for name, w := range map[string]*world{"online boutique": boutique(), "a DISABLE namespace behind the gateway": disable} {
+		t.Run(name, func(t *testing.T) {
+			p := w.mustBuild(t)
+			probes, gateway := 0, 0
+			for _, st := range p.Stages {
+				scope := probetarget.New(st.Namespace, st.Scope == plans.ScopeMesh)
+				for _, o := range w.kube {
+					switch x := o.(type) {
+					case *corev1.Pod:
+						scope.AddPod(x)
+					case *corev1.Service:
+						scope.AddService(x)
+					}
+				}
+				for _, pr := range st.Probes {
+					probes++
+					if pr.Resolve != "" {
+						gateway++
+					}
+					if err := scope.Check(pr); err != nil {
+						t.Errorf("stage %d (%s, %s): %v", st.Number, st.Namespace, st.Status, err)
+					}
+				}
+			}
+			if probes == 0 || gateway == 0 {
+				t.Fatalf("the plan has %d probes, %d through the gateway: the test checks too little", probes, gateway)
+			}
+		})
+	}
 }

@@ -202,7 +202,7 @@ func meshedClientPlaintext(e *env, ns string, np *nsPlan) []plans.Risk {
 	if np.disable {
 		// Under DISABLE every client sends plaintext; after the PERMISSIVE
 		// stage auto mTLS switches meshed clients to mTLS.
-		sev, note = plans.SeverityReview, " (the namespace is DISABLE today, so meshed clients send plaintext by design; re-plan after its PERMISSIVE stage)"
+		sev, note = plans.SeverityReview, " (the namespace is DISABLE today, so meshed clients send plaintext by design; after its PERMISSIVE stage auto mTLS sends them mTLS, and this stage's pre-flight refuses while plaintext still arrives)"
 	}
 	var out []plans.Risk
 	for _, k := range keys {
@@ -619,9 +619,9 @@ func currentModeDisable(e *env, ns string, np *nsPlan) []plans.Risk {
 	if np.disable {
 		out = append(out, plans.Risk{
 			Code: CodeCurrentModeDisable, Severity: plans.SeverityReview,
-			Message: fmt.Sprintf("%s is effectively DISABLE today: an earlier stage moves it to PERMISSIVE; its traffic was observed under DISABLE, so this STRICT stage must be re-planned after that one", ns),
+			Message: fmt.Sprintf("%s is effectively DISABLE today: an earlier stage of this plan moves it to PERMISSIVE; this stage's evidence was observed under DISABLE, when even meshed clients send plaintext, so it says little about who would still send plaintext on PERMISSIVE", ns),
 			Object:  plans.ObjectRef{APIVersion: "v1", Kind: "Namespace", Name: ns},
-			Fix:     "apply the PERMISSIVE stage, let traffic run for a window, and re-run plan",
+			Fix:     "apply the PERMISSIVE stage first and let traffic run on it; this stage then applies without a new plan: its pre-flight requires the namespace's PeerAuthentications exactly as that stage left them (policyDigest after-stage:N) and refuses while plaintext still arrives since it; re-run plan for evidence gathered on PERMISSIVE",
 		})
 	}
 	for _, w := range e.workloads(ns) {

@@ -107,13 +107,19 @@ func TestLoadRejects(t *testing.T) {
 		{"tcp probe expecting a status", "        kind: http\n        url: http://127.1.0.5:7070/\n        expect:\n          refused: true", "        kind: tcp\n        url: tcp://127.1.0.5:7070\n        expect:\n          status: 200", 63, "a tcp probe has no HTTP status"},
 		{"tcp probe expecting both", "        kind: http\n        url: http://127.1.0.5:7070/\n        expect:\n          refused: true", "        kind: tcp\n        url: tcp://127.1.0.5:7070\n        expect:\n          refused: true\n          open: true", 63, "either refused: true or open: true"},
 		{"http probe expecting open", "        expect:\n          refused: true\n      - name: gateway", "        expect:\n          open: true\n      - name: gateway", 63, "open belongs to tcp probes"},
-		{"exec without pod", "        pod: default/testcurl\n", "", 70, "stages[0].probes[2].pod"},
+		{"exec without pod", "        pod: cart/testcurl\n", "", 70, "stages[0].probes[2].pod"},
 		{"exec with its own command", "        container: curl\n", "        container: curl\n        command: [sh, -c, 'cat /var/run/secrets/kubernetes.io/serviceaccount/token']\n", 75, "stages[0].probes[2].command: a custom command is not allowed"},
 		{"mesh stage not last", "    scope: mesh", "    scope: cluster", 88, "must be namespace or mesh"},
 		{"DISABLE straight to STRICT", "    currentMode: PERMISSIVE", "    currentMode: DISABLE", 21, "PERMISSIVE in its own stage first"},
 		{"not yaml", "kind: MigrationPlan", "kind: [MigrationPlan", 0, "did not find expected"},
 		{"alsoUpdates on a created policy", "      spec:\n        mtls:\n          mode: STRICT\n    probes", "      alsoUpdates: [legacy]\n      spec:\n        mtls:\n          mode: STRICT\n    probes", 55, "stages[0].policy.alsoUpdates: other namespace-wide policies exist only where"},
 		{"alsoUpdates names the policy itself", "      spec:\n        mtls:\n          mode: STRICT\n    probes", "      updatesExisting: true\n      alsoUpdates: [default]\n      spec:\n        mtls:\n          mode: STRICT\n    probes", 56, "stages[0].policy.alsoUpdates[0]: \"default\" is named twice"},
+		{"policyDigest missing", "    policyDigest: sha256:1c42ddc0285b9c25135be3bf345e6a041271b784b22a6f6cab6588dab93c5980\n", "", 16, "stages[0].policyDigest: is required"},
+		{"policyDigest not a sha256 digest", "policyDigest: sha256:1c42ddc0285b9c25135be3bf345e6a041271b784b22a6f6cab6588dab93c5980", "policyDigest: sha256:abcd", 22, `stages[0].policyDigest: "sha256:abcd" must be sha256: and 64 lower-case hex digits`},
+		{"policyDigest after a stage that is not a number", "policyDigest: sha256:1c42ddc0285b9c25135be3bf345e6a041271b784b22a6f6cab6588dab93c5980", "policyDigest: after-stage:01", 22, "after-stage takes a stage number"},
+		{"policyDigest after itself", "policyDigest: sha256:1c42ddc0285b9c25135be3bf345e6a041271b784b22a6f6cab6588dab93c5980", "policyDigest: after-stage:1", 22, "stage 1 does not come before this stage (1)"},
+		{"policyDigest after a stage on another namespace", "policyDigest: sha256:5a7ceb99a12cca91c410419b5f5a796e583b376438a5e1415fbed902fff95a65", "policyDigest: after-stage:1", 91, `stages[1].policyDigest: "after-stage:1": stage 1 is on namespace "cart", not "istio-system"`},
+		{"namespace-scope stage in the root namespace", "    scope: mesh\n", "    scope: namespace\n", 87, `stages[1].namespace: "istio-system" is the mesh's root namespace`},
 		{"alsoUpdates invalid name", "      spec:\n        mtls:\n          mode: STRICT\n    probes", "      updatesExisting: true\n      alsoUpdates: [Not_A_Name]\n      spec:\n        mtls:\n          mode: STRICT\n    probes", 56, "stages[0].policy.alsoUpdates[0]: \"Not_A_Name\" is not a valid object name"},
 	}
 	base := string(loadValid(t))
@@ -197,5 +203,35 @@ func TestParseResolve(t *testing.T) {
 	h, port, addr, err := ParseResolve("example.com:443:[::1]")
 	if err != nil || h != "example.com" || port != "443" || addr != "::1" {
 		t.Fatalf("got %q %q %q %v", h, port, addr, err)
+	}
+}
+
+// TestValidateAcceptsAfterStageOnTheSameNamespace: the STRICT stage of a
+// namespace that is DISABLE today names its PERMISSIVE stage, whose
+// objects' UIDs and times no plan can know in advance.
+func TestValidateAcceptsAfterStageOnTheSameNamespace(t *testing.T) {
+	p, err := Load("valid.yaml", loadValid(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	permissive := p.Stages[0]
+	permissive.CurrentMode, permissive.TargetMode = ModeDisable, ModePermissive
+	permissive.Policy.Spec.MTLS.Mode = ModePermissive
+	strict := p.Stages[0]
+	strict.Number, strict.PolicyDigest = 2, AfterStage(1)
+	mesh := p.Stages[1]
+	mesh.Number = 3
+	p.Stages = []Stage{permissive, strict, mesh}
+	if probs := Validate(p); len(probs) > 0 {
+		t.Fatalf("Validate: %v", probs)
+	}
+	if n, ok := p.Stages[1].PolicyAfterStage(); !ok || n != 1 {
+		t.Fatalf("PolicyAfterStage() = %d, %v, want 1, true", n, ok)
+	}
+	for _, d := range []string{"", "sha256:" + strings.Repeat("a", 64), "after-stage:", "after-stage:0", "after-stage:-1", "after-stage:+1", "after-stage:1x"} {
+		st := Stage{PolicyDigest: d}
+		if n, ok := st.PolicyAfterStage(); ok {
+			t.Errorf("PolicyAfterStage(%q) = %d, true; want false", d, n)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -89,9 +90,17 @@ type Stage struct {
 	// before and after the stage.
 	CurrentMode Mode `yaml:"currentMode,omitempty" json:"currentMode,omitempty"`
 	TargetMode  Mode `yaml:"targetMode" json:"targetMode"`
-	// PolicyDigest is a digest of the namespace's PeerAuthentications when the
-	// plan was made; apply refuses when they changed since.
-	PolicyDigest string       `yaml:"policyDigest,omitempty" json:"policyDigest,omitempty"`
+	// PolicyDigest says what the namespace's PeerAuthentications must be
+	// when the stage starts; apply refuses the stage otherwise. Required, in
+	// one of two forms: "sha256:<hex>", their digest when the plan was made
+	// (peerauth.PolicyDigest), or "after-stage:N" (see AfterStage): exactly
+	// what stage N, an earlier stage of this plan on the same namespace,
+	// left, as the state recorded when N was done. The second form is for a
+	// stage that follows another on its namespace (the STRICT stage of a
+	// namespace that is DISABLE today comes after its PERMISSIVE stage): the
+	// digest covers UIDs and creation times, which the planner cannot know
+	// for objects an earlier stage has yet to write.
+	PolicyDigest string       `yaml:"policyDigest" json:"policyDigest"`
 	Evidence     Evidence     `yaml:"evidence" json:"evidence"`
 	Modes        []ModeChange `yaml:"modes,omitempty" json:"modes,omitempty"`
 	Risks        []Risk       `yaml:"risks,omitempty" json:"risks,omitempty"`
@@ -99,6 +108,28 @@ type Stage struct {
 	Probes       []Probe      `yaml:"probes,omitempty" json:"probes,omitempty"`
 	Gates        []Gate       `yaml:"gates,omitempty" json:"gates,omitempty"`
 	Soak         Duration     `yaml:"soak" json:"soak"`
+}
+
+// afterStagePrefix begins a policyDigest that names an earlier stage.
+const afterStagePrefix = "after-stage:"
+
+// AfterStage is the policyDigest of a stage that must find its namespace's
+// PeerAuthentications exactly as stage n of the same plan left them.
+func AfterStage(n int) string { return afterStagePrefix + strconv.Itoa(n) }
+
+// PolicyAfterStage returns N when the stage's policyDigest is
+// "after-stage:N" (N a positive number written without sign or leading
+// zeros), and false for any other value.
+func (s *Stage) PolicyAfterStage() (int, bool) {
+	rest, ok := strings.CutPrefix(s.PolicyDigest, afterStagePrefix)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n < 1 || strconv.Itoa(n) != rest {
+		return 0, false
+	}
+	return n, true
 }
 
 // Evidence is what telemetry and the cluster showed about a namespace over

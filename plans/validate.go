@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -105,6 +106,12 @@ func (v *validator) stage(p *Plan, i int, seen map[string]Mode) {
 	v.dnsLabel(f("namespace"), s.Namespace, "namespace name (DNS-1123 label)")
 	switch s.Scope {
 	case "", ScopeNamespace:
+		if s.Namespace == p.Metadata.RootNamespace && s.Namespace != "" {
+			// Istio reads a namespace-wide policy in the root namespace as
+			// the mesh-wide one
+			// (https://istio.io/latest/docs/reference/config/security/peer_authentication/).
+			v.add(f("namespace"), "%q is the mesh's root namespace (metadata.rootNamespace): a namespace-wide policy there applies to the whole mesh, so only the last stage, with scope mesh, may target it", s.Namespace)
+		}
 	case ScopeMesh:
 		if i != len(p.Stages)-1 {
 			v.add(f("scope"), "only the last stage may have scope mesh")
@@ -137,6 +144,7 @@ func (v *validator) stage(p *Plan, i int, seen map[string]Mode) {
 		v.add(f("namespace"), "namespace %q already has a stage; a namespace appears twice only for PERMISSIVE then STRICT", s.Namespace)
 	}
 	seen[s.Namespace] = s.TargetMode
+	v.policyDigest(f("policyDigest"), p, i)
 
 	for j, r := range s.Risks {
 		rf := func(name string) string { return fmt.Sprintf("stages[%d].risks[%d].%s", i, j, name) }
@@ -160,6 +168,34 @@ func (v *validator) stage(p *Plan, i int, seen map[string]Mode) {
 	}
 	if s.Soak <= 0 {
 		v.add(f("soak"), "the soak must be a positive duration, e.g. 5m")
+	}
+}
+
+// sha256Digest is the form of peerauth.PolicyDigest.
+var sha256Digest = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// policyDigest checks that stage i says what its namespace's
+// PeerAuthentications must be: without it pre-flight could not tell a
+// namespace changed since the plan from one that did not.
+func (v *validator) policyDigest(field string, p *Plan, i int) {
+	s := &p.Stages[i]
+	d := s.PolicyDigest
+	rest, after := strings.CutPrefix(d, afterStagePrefix)
+	switch {
+	case d == "":
+		v.add(field, "is required: sha256:<64 hex digits> (the namespace's PeerAuthentications when the plan was made) or after-stage:N (exactly what stage N, an earlier stage on the same namespace, leaves); `mtls-migrate plan` writes it")
+	case after:
+		n, ok := s.PolicyAfterStage()
+		switch {
+		case !ok:
+			v.add(field, "%q: after-stage takes a stage number, e.g. after-stage:1, got %q", d, rest)
+		case n > i:
+			v.add(field, "%q: stage %d does not come before this stage (%d); after-stage names an earlier stage on the same namespace", d, n, i+1)
+		case p.Stages[n-1].Namespace != s.Namespace:
+			v.add(field, "%q: stage %d is on namespace %q, not %q; after-stage names an earlier stage on the same namespace", d, n, p.Stages[n-1].Namespace, s.Namespace)
+		}
+	case !sha256Digest.MatchString(d):
+		v.add(field, "%q must be sha256: and 64 lower-case hex digits, or after-stage:N", d)
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"gopkg.in/yaml.v3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	istio "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
@@ -23,21 +22,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/pager"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/meshconfig"
 	"github.com/mtls-migrate/mtls-migrate/internal/mtlsmode"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 )
 
 // DefaultRootNamespace is Istio's default meshConfig.rootNamespace.
-const DefaultRootNamespace = "istio-system"
-
-// Mesh config location: istiod reads meshConfig from the `mesh` key (YAML)
-// of the `istio` ConfigMap in its namespace
-// (https://istio.io/latest/docs/reference/config/istio.mesh.v1alpha1/).
-const (
-	meshConfigMap       = "istio"
-	meshConfigNamespace = "istio-system"
-	meshConfigKey       = "mesh"
-)
+const DefaultRootNamespace = meshconfig.DefaultRootNamespace
 
 // Clients are what Gather reads through. Dynamic is optional: without it
 // APIServices and CRD conversion webhooks are not checked (a warning says so).
@@ -102,31 +93,14 @@ func gather(ctx context.Context, c Clients, stepLists ...[]gatherStep) (*Invento
 }
 
 func readMeshConfig(ctx context.Context, k kubernetes.Interface, inv *Inventory) error {
-	inv.RootNamespace = DefaultRootNamespace
-	cm, err := k.CoreV1().ConfigMaps(meshConfigNamespace).Get(ctx, meshConfigMap, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		inv.Warnings = append(inv.Warnings, fmt.Sprintf("ConfigMap %s/%s not found: assuming root namespace %q", meshConfigNamespace, meshConfigMap, DefaultRootNamespace))
-		return nil
-	}
+	mc, err := meshconfig.Read(ctx, k)
 	if err != nil {
-		return fmt.Errorf("read mesh config %s/%s: %w", meshConfigNamespace, meshConfigMap, err)
+		return err
 	}
-	inv.MeshConfigFound = true
-	var mc struct {
-		RootNamespace  string `yaml:"rootNamespace"`
-		EnableAutoMtls *bool  `yaml:"enableAutoMtls"`
+	inv.RootNamespace, inv.AutoMTLS, inv.MeshConfigFound = mc.RootNamespace, mc.AutoMTLS, mc.Found
+	if !mc.Found {
+		inv.Warnings = append(inv.Warnings, fmt.Sprintf("ConfigMap %s/%s not found: assuming root namespace %q", meshconfig.ConfigMapNamespace, meshconfig.ConfigMapName, mc.RootNamespace))
 	}
-	if err := yaml.Unmarshal([]byte(cm.Data[meshConfigKey]), &mc); err != nil {
-		return fmt.Errorf("parse key %q of ConfigMap %s/%s: %w", meshConfigKey, meshConfigNamespace, meshConfigMap, err)
-	}
-	if mc.RootNamespace != "" {
-		inv.RootNamespace = mc.RootNamespace
-	}
-	auto := true // meshConfig's default for enableAutoMtls
-	if mc.EnableAutoMtls != nil {
-		auto = *mc.EnableAutoMtls
-	}
-	inv.AutoMTLS = &auto
 	return nil
 }
 

@@ -109,7 +109,12 @@ type StageState struct {
 	// Snapshot holds every PeerAuthentication of the namespace, whole, as
 	// JSON, taken before the change (managedFields dropped).
 	Snapshot []json.RawMessage `json:"snapshot,omitempty"`
-	Baseline []GateValue       `json:"baseline,omitempty"`
+	// PolicyDigest is the digest (peerauth.PolicyDigest) of the
+	// namespace's PeerAuthentications as the stage left them, written with
+	// done: a later stage of the plan whose policyDigest is after-stage:N
+	// requires exactly these. Absent in state written before it existed.
+	PolicyDigest string      `json:"policyDigest,omitempty"`
+	Baseline     []GateValue `json:"baseline,omitempty"`
 	// Gates are the latest gate values seen during the soak.
 	Gates  []GateValue   `json:"gates,omitempty"`
 	Probes []ProbeResult `json:"probes,omitempty"`

@@ -42,7 +42,8 @@ const (
 // `plan` and a whole stage of `apply` must succeed, and SelfSubjectAccessReview
 // must show that the account cannot read Secrets, delete namespaces, write
 // ConfigMaps outside its namespace or delete pods, while it can patch
-// PeerAuthentications and update ConfigMaps in its own namespace.
+// PeerAuthentications and read and update only its own ConfigMaps and
+// Lease by name (creating them is not limited by name: RBAC cannot).
 func TestE2ERBACServiceAccountRunsAWholeStage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -126,7 +127,22 @@ func TestE2ERBACServiceAccountRunsAWholeStage(t *testing.T) {
 		{"delete", "", "pods", "cart", "", false},
 		{"delete", "", "pods", deployNamespace, "", false},
 		{"patch", "security.istio.io", "peerauthentications", "cart", "", true},
-		{"update", "", "configmaps", deployNamespace, "", true},
+		// Its own ConfigMaps and Lease by name (resourceNames); create,
+		// which RBAC cannot limit by name, in its namespace only.
+		{"get", "", "configmaps", deployNamespace, "mtls-migrate-state", true},
+		{"update", "", "configmaps", deployNamespace, "mtls-migrate-state", true},
+		{"get", "", "configmaps", deployNamespace, "mtls-migrate-plan", true},
+		{"update", "", "configmaps", deployNamespace, "mtls-migrate-plan", false},
+		{"patch", "", "configmaps", deployNamespace, "mtls-migrate-plan", false},
+		{"delete", "", "configmaps", deployNamespace, "mtls-migrate-state", false},
+		{"get", "", "configmaps", deployNamespace, "someone-elses", false},
+		{"update", "", "configmaps", deployNamespace, "someone-elses", false},
+		{"list", "", "configmaps", deployNamespace, "", false},
+		{"create", "", "configmaps", deployNamespace, "", true},
+		{"update", "coordination.k8s.io", "leases", deployNamespace, "mtls-migrate-lock", true},
+		{"update", "coordination.k8s.io", "leases", deployNamespace, "someone-elses", false},
+		{"create", "coordination.k8s.io", "leases", deployNamespace, "", true},
+		{"create", "coordination.k8s.io", "leases", "kube-system", "", false},
 		// The mesh config, and nothing else in istio-system.
 		{"get", "", "configmaps", "istio-system", "istio", true},
 		{"get", "", "configmaps", "istio-system", "", false},
