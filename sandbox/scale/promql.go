@@ -61,7 +61,7 @@ type (
 
 type matcher struct {
 	name, op, value string
-	re           *regexp.Regexp
+	re              *regexp.Regexp
 }
 
 func (m *matcher) matches(v string) bool {
