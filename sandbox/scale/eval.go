@@ -451,10 +451,9 @@ func (e *evaluator) evalAgg(a *aggExpr, t time.Time) (any, error) {
 		}
 	}
 	type group struct {
-		lbls       []labelPair
-		sum, acc   float64
-		count      int
-		hasNaNOnly bool
+		lbls     []labelPair
+		sum, acc float64
+		count    int
 	}
 	groups := map[string]*group{}
 	var order []*group

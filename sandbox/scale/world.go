@@ -110,7 +110,6 @@ type World struct {
 	series   []series
 	byMetric map[string][]int32
 	wlNames  []string
-	podIdx   []string // pod name suffix per workload index (hash-like)
 }
 
 // NewWorld builds the world for o (deterministic for the same options).
