@@ -78,8 +78,7 @@ func TestSyntheticPrometheusAnswersThePlannersQueriesFromTheWorld(t *testing.T) 
 				}
 			}
 		}
-		// The two unidentified clients of wl-00 look the same to Istio: one flow.
-		want := map[Class]int{ClassExternal: 2, ClassStopped: 1, ClassMeshedPlaintext: 2}
+		want := map[Class]int{ClassExternal: 3, ClassStopped: 1, ClassMeshedPlaintext: 2}
 		for i, ns := range w.Names {
 			if got := flowsInto[ns]; got != want[ClassOf(i)] {
 				t.Errorf("steps=%d: %d plaintext flows into %s (%s), want %d", steps, got, ns, ClassOf(i), want[ClassOf(i)])

@@ -45,7 +45,8 @@ const (
 	// ClassClean: mTLS only; the planner must call it ready.
 	ClassClean Class = iota
 	// ClassExternal (index%10 == 3): three flows from clients Istio cannot
-	// identify (one of them TCP), still sending: PLAINTEXT_OBSERVED.
+	// identify (one of them TCP), still sending, each into another workload
+	// (two such clients of one pod would be one series): PLAINTEXT_OBSERVED.
 	ClassExternal
 	// ClassStopped (index%10 == 5): one unidentified plaintext flow that
 	// stopped 3 days before End: still PLAINTEXT_OBSERVED, last seen then.
@@ -165,7 +166,7 @@ func (w *World) addFlows(i int) {
 	case ClassExternal:
 		external(at(0))
 		external(at(4)) // a TCP workload when there are 5 or more
-		external(at(o.Workloads))
+		external(at(o.Workloads + 1))
 	case ClassStopped:
 		external(at(1))
 		at(1).Stop = o.End.Add(-StoppedAgo)
