@@ -224,6 +224,10 @@ func (c *Cluster) Server() string { return c.server }
 // Dir returns the cluster's working directory (logs, kubeconfig).
 func (c *Cluster) Dir() string { return c.dir }
 
+// APIServerPID is the kube-apiserver child's process id (benchmarks read
+// its CPU time and memory from /proc).
+func (c *Cluster) APIServerPID() int { return c.apiserver.cmd.Process.Pid }
+
 // Stop stops kube-apiserver (SIGTERM, then SIGKILL after a few seconds),
 // closes etcd and removes the etcd data and certificates. Logs and the
 // kubeconfig stay in Dir unless Dir was a temporary directory. Idempotent.

@@ -59,6 +59,14 @@ type Options struct {
 	Targets []Target
 	// Logger receives progress messages; nil discards them.
 	Logger *slog.Logger
+	// TSDBDir, when set, is an existing TSDB to serve (e.g. blocks
+	// backfilled with promtool); Stop leaves it in place. Empty: a fresh
+	// TSDB in Dir, removed by Stop.
+	TSDBDir string
+	// Retention is --storage.tsdb.retention.time (default 1d).
+	Retention time.Duration
+	// Args are extra command-line flags.
+	Args []string
 }
 
 // Server is a running Prometheus child process.
@@ -69,6 +77,9 @@ type Server struct {
 	configPath  string
 	targetsPath string
 	tsdbDir     string
+	keepTSDB    bool // tsdbDir is the caller's (Options.TSDBDir)
+	retention   time.Duration
+	args        []string
 	removeDir   bool // dir is a temporary directory we created
 	logPath     string
 	port        int
@@ -91,7 +102,10 @@ type process struct {
 // The first scrape of opts.Targets follows within about 5s (see SetTargets).
 // ctx bounds the start only; call Stop.
 func Start(ctx context.Context, opts Options) (_ *Server, err error) {
-	s := &Server{log: opts.Logger, binary: opts.Binary}
+	s := &Server{log: opts.Logger, binary: opts.Binary, retention: opts.Retention, args: opts.Args}
+	if s.retention <= 0 {
+		s.retention = 24 * time.Hour
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -120,7 +134,12 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	s.configPath = filepath.Join(s.dir, "prometheus.yml")
 	s.targetsPath = filepath.Join(s.dir, "targets.json")
 	s.logPath = filepath.Join(s.dir, "prometheus.log")
-	if s.tsdbDir, err = os.MkdirTemp(s.dir, "tsdb-"); err != nil {
+	if opts.TSDBDir != "" {
+		if s.tsdbDir, err = filepath.Abs(opts.TSDBDir); err != nil {
+			return nil, fmt.Errorf("resolve TSDB dir: %w", err)
+		}
+		s.keepTSDB = true
+	} else if s.tsdbDir, err = os.MkdirTemp(s.dir, "tsdb-"); err != nil {
 		return nil, fmt.Errorf("create TSDB dir in %s: %w", s.dir, err)
 	}
 	defer func() {
@@ -235,7 +254,7 @@ func (s *Server) Stop() error {
 		errs = append(errs, s.proc.stop(stopGrace))
 		s.proc = nil
 	}
-	if s.tsdbDir != "" {
+	if s.tsdbDir != "" && !s.keepTSDB {
 		if err := os.RemoveAll(s.tsdbDir); err != nil {
 			errs = append(errs, fmt.Errorf("remove prometheus TSDB %s: %w", s.tsdbDir, err))
 		}
@@ -253,12 +272,13 @@ func (s *Server) startProcess(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open prometheus log: %w", err)
 	}
-	cmd := exec.Command(s.binary,
-		"--config.file="+s.configPath,
-		"--storage.tsdb.path="+s.tsdbDir,
-		"--storage.tsdb.retention.time=1d",
-		"--web.listen-address=127.0.0.1:"+strconv.Itoa(s.port),
-	)
+	args := append([]string{
+		"--config.file=" + s.configPath,
+		"--storage.tsdb.path=" + s.tsdbDir,
+		"--storage.tsdb.retention.time=" + model.Duration(s.retention).String(),
+		"--web.listen-address=127.0.0.1:" + strconv.Itoa(s.port),
+	}, s.args...)
+	cmd := exec.Command(s.binary, args...)
 	cmd.Dir = s.dir
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
