@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -150,10 +151,19 @@ func (o *planOptions) Run(cmd *cobra.Command) error {
 		log.Warn(w)
 	}
 	if o.Out != "" {
-		if err := plans.SaveFile(o.Out, plan); err != nil {
+		digest, err := plans.Save(o.Out, plan)
+		if err != nil {
 			return fmt.Errorf("write the plan to %s: %w", o.Out, err)
 		}
-		log.Info("plan written", "file", o.Out, "stages", len(plan.Stages))
+		log.Info("plan written", "file", o.Out, "stages", len(plan.Stages), "digest", digest)
+	}
+	if o.Output == cli.OutputYAML {
+		// The plan's own writer: streamed, and the bytes --out writes.
+		w := bufio.NewWriter(o.f.streams.Out)
+		if err := plans.Write(w, plan); err != nil {
+			return err
+		}
+		return w.Flush()
 	}
 	return cli.PrintData(o.f.streams.Out, o.Output, plan, func(w io.Writer) error { return printPlanTable(w, plan) })
 }
