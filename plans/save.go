@@ -22,14 +22,34 @@ import (
 // size): a few batches of stages are held as YAML at a time, encoded in
 // parallel, since yaml.v3's writer is what a big plan waits for.
 func Encode(w io.Writer, p *Plan) error {
-	if err := newStageEncoder().header(w, p); err != nil {
+	return EncodePieces(p, func(_ int, b []byte) error {
+		_, err := w.Write(b)
+		return err
+	})
+}
+
+// EncodePieces encodes the plan as Encode does and hands emit the pieces
+// of the document in order: the header (everything before the first stage,
+// "stages:" included) as stage 0, then each stage, with its number. The
+// pieces concatenated are Encode's bytes; emit must not keep b.
+func EncodePieces(p *Plan, emit func(stage int, b []byte) error) error {
+	var hb bytes.Buffer
+	if err := newStageEncoder().header(&hb, p); err != nil {
+		return err
+	}
+	if err := emit(0, hb.Bytes()); err != nil {
 		return err
 	}
 	workers := min(runtime.GOMAXPROCS(0), maxEncoders)
 	if workers < 2 || len(p.Stages) < 2*encodeBatch {
 		e := newStageEncoder()
+		var b bytes.Buffer
 		for i := range p.Stages {
-			if err := e.stage(w, &p.Stages[i]); err != nil {
+			b.Reset()
+			if err := e.stage(&b, &p.Stages[i]); err != nil {
+				return err
+			}
+			if err := emit(p.Stages[i].Number, b.Bytes()); err != nil {
 				return err
 			}
 		}
@@ -37,6 +57,7 @@ func Encode(w io.Writer, p *Plan) error {
 	}
 	encs := make([]*stageEncoder, workers)
 	outs := make([]bytes.Buffer, workers)
+	ends := make([][]int, workers) // where each stage of a batch ends in outs
 	errs := make([]error, workers)
 	for i := range encs {
 		encs[i] = newStageEncoder()
@@ -47,12 +68,14 @@ func Encode(w io.Writer, p *Plan) error {
 			from := start + k*encodeBatch
 			to := min(from+encodeBatch, len(p.Stages))
 			outs[k].Reset()
+			ends[k] = ends[k][:0]
 			if from >= to {
 				continue
 			}
 			wg.Go(func() {
 				for i := from; i < to && errs[k] == nil; i++ {
 					errs[k] = encs[k].stage(&outs[k], &p.Stages[i])
+					ends[k] = append(ends[k], outs[k].Len())
 				}
 			})
 		}
@@ -61,8 +84,12 @@ func Encode(w io.Writer, p *Plan) error {
 			if errs[k] != nil {
 				return errs[k]
 			}
-			if _, err := w.Write(outs[k].Bytes()); err != nil {
-				return err
+			b, prev := outs[k].Bytes(), 0
+			for j, end := range ends[k] {
+				if err := emit(p.Stages[start+k*encodeBatch+j].Number, b[prev:end]); err != nil {
+					return err
+				}
+				prev = end
 			}
 		}
 	}

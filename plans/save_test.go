@@ -2,6 +2,7 @@ package plans
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,5 +142,66 @@ func TestLoadStageByStageReadsWhatTheDocumentSays(t *testing.T) {
 				t.Fatalf("Load = %v, %v", p != nil, err)
 			}
 		})
+	}
+}
+
+// TestPiecesRoundTrip: the pieces EncodePieces hands out, regrouped in runs
+// (as a plan published in shards is), decode to the same plan, and
+// concatenated are Encode's bytes.
+func TestPiecesRoundTrip(t *testing.T) {
+	p, err := Load("valid.yaml", loadValid(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(p.Stages) < 3*encodeBatch+5 {
+		st := p.Stages[0]
+		st.Number = len(p.Stages) + 1
+		st.Namespace = fmt.Sprintf("ns-%d", st.Number)
+		st.Policy.Metadata.Namespace = st.Namespace
+		p.Stages = append(p.Stages, st)
+	}
+	// The mesh stage goes last.
+	mesh := p.Stages[1]
+	p.Stages = append(append(p.Stages[:1:1], p.Stages[2:]...), mesh)
+	for i := range p.Stages {
+		p.Stages[i].Number = i + 1
+	}
+	if problems := Validate(p); len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	var all, run bytes.Buffer
+	var d PiecesDecoder
+	n := 0
+	if err := EncodePieces(p, func(stage int, b []byte) error {
+		if stage != 0 && stage != n+1 {
+			t.Fatalf("stage %d after %d", stage, n)
+		}
+		n = stage
+		all.Write(b)
+		run.Write(b)
+		if stage%7 == 0 {
+			err := d.Add(append([]byte(nil), run.Bytes()...))
+			run.Reset()
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Add(run.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	q, err := d.Plan("pieces")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := Marshal(p)
+	got, _ := Marshal(q)
+	if !bytes.Equal(all.Bytes(), want) || !bytes.Equal(got, want) {
+		t.Fatal("pieces differ from the plan")
+	}
+	var bad PiecesDecoder
+	if err := bad.Add([]byte("  - number: 1\n")); err == nil {
+		t.Fatal("a piece without the header was taken as the first")
 	}
 }

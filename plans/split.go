@@ -3,6 +3,7 @@ package plans
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"sync"
@@ -18,78 +19,155 @@ import (
 // document, an error, a validation problem); Load then decodes the document
 // as a whole, which is also what names the lines of the problems.
 func loadStaged(data []byte) (*Plan, bool) {
-	header, stages, ok := splitStages(data)
+	var d PiecesDecoder
+	if d.Add(data) != nil {
+		return nil, false
+	}
+	p, problems := d.plan()
+	if len(problems) > 0 {
+		return nil, false
+	}
+	return p, true
+}
+
+// PiecesDecoder reads a plan from its YAML in Encode's layout, given in
+// pieces cut between stages (as EncodePieces hands them out, or any run of
+// them): the first piece starts with the header. Each stage is decoded
+// strictly as it comes, so the document is never held whole. It takes
+// only that layout; a plan in any other is read with Load.
+type PiecesDecoder struct {
+	p       Plan
+	started bool
+	err     error
+}
+
+// Add decodes the next piece.
+func (d *PiecesDecoder) Add(piece []byte) error {
+	if d.err != nil {
+		return d.err
+	}
+	d.err = d.add(piece)
+	return d.err
+}
+
+func (d *PiecesDecoder) add(piece []byte) error {
+	if !d.started {
+		d.started = true
+		header, rest, ok := cutHeader(piece)
+		if !ok {
+			return errors.New("the document does not start with a plan's header (apiVersion, kind, metadata, then stages:)")
+		}
+		if err := decodeOne(header, &d.p); err != nil {
+			return fmt.Errorf("the plan's header: %w", err)
+		}
+		if d.p.Stages != nil {
+			return errors.New("the plan's header holds stages")
+		}
+		piece = rest
+	}
+	items, ok := cutItems(piece)
 	if !ok {
-		return nil, false
+		return fmt.Errorf("after stage %d: the document goes on with something other than a stage", len(d.p.Stages))
 	}
-	var p Plan
-	if !decodeOne(header, &p) || p.Stages != nil {
-		return nil, false
-	}
-	p.Stages = make([]Stage, len(stages))
-	workers := min(runtime.GOMAXPROCS(0), maxEncoders)
+	stages := make([]Stage, len(items))
+	errs := make([]error, len(items))
+	workers := min(runtime.GOMAXPROCS(0), maxEncoders, max(len(items), 1))
 	var wg sync.WaitGroup
-	bad := make([]bool, workers)
 	for k := range workers {
 		wg.Go(func() {
-			for i := k; i < len(stages) && !bad[k]; i += workers {
+			for i := k; i < len(items); i += workers {
 				var one []Stage
-				if !decodeOne(stages[i], &one) || len(one) != 1 {
-					bad[k] = true
+				if err := decodeOne(items[i], &one); err != nil {
+					errs[i] = err
 					return
 				}
-				p.Stages[i] = one[0]
+				if len(one) != 1 {
+					errs[i] = errors.New("not one stage")
+					return
+				}
+				stages[i] = one[0]
 			}
 		})
 	}
 	wg.Wait()
-	for _, b := range bad {
-		if b {
-			return nil, false
+	for i, err := range errs {
+		if err != nil {
+			return fmt.Errorf("stage %d of the document: %w", len(d.p.Stages)+i+1, err)
 		}
 	}
-	if len(Validate(&p)) > 0 {
-		return nil, false
+	d.p.Stages = append(d.p.Stages, stages...)
+	return nil
+}
+
+// Plan validates and returns the plan decoded; source names it in errors,
+// an *InvalidError for a plan that does not validate (by field, without
+// lines).
+func (d *PiecesDecoder) Plan(source string) (*Plan, error) {
+	if d.err != nil {
+		return nil, d.err
 	}
-	return &p, true
+	if !d.started {
+		return nil, &InvalidError{Source: source, Problems: []Problem{{Message: "the document is empty"}}}
+	}
+	p, problems := d.plan()
+	if len(problems) > 0 {
+		return nil, &InvalidError{Source: source, Problems: problems}
+	}
+	return p, nil
+}
+
+func (d *PiecesDecoder) plan() (*Plan, []Problem) {
+	p := d.p
+	return &p, Validate(&p)
 }
 
 // decodeOne decodes exactly one strict YAML document (unknown fields are
-// errors) that is not empty.
-func decodeOne(data []byte, v any) bool {
+// errors).
+func decodeOne(data []byte, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(v); err != nil {
-		return false
+		return err
 	}
 	var extra yaml.Node
-	return errors.Is(dec.Decode(&extra), io.EOF)
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("more than one YAML document")
+	}
+	return nil
 }
 
-// splitStages cuts a document in Encode's layout into the header (up to and
-// including the top-level "stages:" line) and one piece per stage (from its
-// "  - " line to the next). Only a line that starts with exactly "  - " at
-// the top-level sequence starts a stage: in Encode's output (and in any
-// valid YAML with this layout) nothing inside a stage is indented less than
-// four spaces.
-func splitStages(data []byte) (header []byte, stages [][]byte, ok bool) {
+// cutHeader cuts a document in Encode's layout after its top-level
+// "stages:" line.
+func cutHeader(data []byte) (header, rest []byte, ok bool) {
 	const key = "\n" + stagesKey
 	i := bytes.Index(data, []byte(key))
 	if i < 0 {
 		return nil, nil, false
 	}
-	header, rest := data[:i+len(key)], data[i+len(key):]
-	if !bytes.HasPrefix(rest, []byte("  - ")) {
-		return nil, nil, false
+	return data[:i+len(key)], data[i+len(key):], true
+}
+
+// cutItems cuts stages in Encode's layout into one piece per stage (from
+// its "  - " line to the next). Only a line that starts with exactly "  - "
+// starts a stage: in Encode's output (and in any valid YAML with this
+// layout) nothing inside a stage is indented less than four spaces. An
+// empty piece has no stages.
+func cutItems(data []byte) ([][]byte, bool) {
+	if len(data) == 0 {
+		return nil, true
 	}
-	for len(rest) > 0 {
-		end := bytes.Index(rest, []byte("\n  - "))
+	if !bytes.HasPrefix(data, []byte("  - ")) {
+		return nil, false
+	}
+	var items [][]byte
+	for len(data) > 0 {
+		end := bytes.Index(data, []byte("\n  - "))
 		if end < 0 {
-			stages = append(stages, rest)
+			items = append(items, data)
 			break
 		}
-		stages = append(stages, rest[:end+1])
-		rest = rest[end+1:]
+		items = append(items, data[:end+1])
+		data = data[end+1:]
 	}
-	return header, stages, true
+	return items, true
 }

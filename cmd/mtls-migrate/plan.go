@@ -63,6 +63,7 @@ risks and fixes. Nothing in the cluster changes.`,
 	fl.StringVar(&o.Name, "name", "", "the plan's metadata.name (default mtls-migrate-<time>)")
 	fl.StringSliceVar(&o.Namespaces, "namespaces", nil, "plan only these namespaces (comma-separated); each must exist")
 	fl.StringSliceVar(&o.Exclude, "exclude-namespaces", nil, "leave these namespaces out of the plan")
+	cmd.AddCommand(newPlanPublishCmd(f, nil))
 	return cmd
 }
 
