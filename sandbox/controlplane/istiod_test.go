@@ -3,24 +3,13 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/needbin"
 )
-
-// need skips, or fails when CI=true, if a binary is not built.
-func need(t *testing.T, find func(string) (string, error)) {
-	t.Helper()
-	if _, err := find(""); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%v", err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
-}
 
 // TestIstiodRunsAgainstTheSandbox: the real istiod starts against the
 // sandbox's kube-apiserver, becomes ready, takes the root namespace from
@@ -30,8 +19,8 @@ func TestIstiodRunsAgainstTheSandbox(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts kube-apiserver and istiod")
 	}
-	need(t, cluster.FindAPIServerBinary)
-	need(t, Binary.Find)
+	needbin.Require(t, cluster.FindAPIServerBinary)
+	needbin.Require(t, Binary.Find)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir()})

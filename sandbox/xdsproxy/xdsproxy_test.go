@@ -2,7 +2,6 @@ package xdsproxy
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -17,17 +16,8 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/istiosync"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/controlplane"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/needbin"
 )
-
-func need(t *testing.T, find func(string) (string, error)) {
-	t.Helper()
-	if _, err := find(""); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%v", err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
-}
 
 // TestWaitEndsWhenTheProxiesHaveAcked: simulated sidecars connected to the
 // real istiod get a push when a PeerAuthentication changes, and the
@@ -38,8 +28,8 @@ func TestWaitEndsWhenTheProxiesHaveAcked(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts kube-apiserver and istiod")
 	}
-	need(t, cluster.FindAPIServerBinary)
-	need(t, controlplane.Binary.Find)
+	needbin.Require(t, cluster.FindAPIServerBinary)
+	needbin.Require(t, controlplane.Binary.Find)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir()})
