@@ -152,7 +152,8 @@ func DiffOutlines(old *state.PlanRecord, newOutline []state.StageOutline) []stri
 // CarryOver records, in the new plan's record, the stages of the old one
 // that are done and that the new plan has in the same namespace with the
 // same target mode: they are not applied again, and their snapshots stay
-// with them for a rollback under the new plan.
+// with them for a rollback under the new plan. Each copy names its
+// original (CarriedFrom), so the ConfigMap store does not keep it twice.
 func CarryOver(old, rec *state.PlanRecord, p *plans.Plan, now time.Time) []string {
 	var notes []string
 	for _, ost := range old.Stages {
@@ -170,7 +171,11 @@ func CarryOver(old, rec *state.PlanRecord, p *plans.Plan, now time.Time) []strin
 			hist := ns.History
 			*ns = ost
 			ns.Number = st.Number
-			ns.History = append(hist, state.Transition{Phase: state.Done, At: now.UTC(), Reason: fmt.Sprintf("done as stage %d of plan %s (%s)", ost.Number, old.Name, old.Digest)})
+			// The record names the stage it copies: the state store keeps
+			// the snapshot and the rest once, not once per plan.
+			ns.CarriedFrom = &state.StageRef{Digest: old.Digest, Number: ost.Number}
+			ns.History, ns.EarlierTransitions = hist, 0
+			ns.AddTransition(state.Transition{Phase: state.Done, At: now.UTC(), Reason: fmt.Sprintf("done as stage %d of plan %s (%s)", ost.Number, old.Name, old.Digest)})
 			notes = append(notes, fmt.Sprintf("stage %d (%s): already done under the previous plan", st.Number, st.Namespace))
 		}
 	}

@@ -3,6 +3,9 @@ package planner
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -85,4 +88,113 @@ func BenchmarkPlan(b *testing.B) {
 	if calls := len(fake.Calls()); calls/b.N > 6 {
 		b.Fatalf("%d queries per plan", calls/b.N)
 	}
+}
+
+// benchPlan is the 2,000-namespace plan of BenchmarkPlan, decided once.
+func benchPlan(b *testing.B) *plans.Plan { return syntheticPlan(b, 2000) }
+
+// syntheticPlan decides the plan of syntheticMesh(nsCount, 10, 10, 5).
+func syntheticPlan(b testing.TB, nsCount int) *plans.Plan {
+	b.Helper()
+	inv, fake := syntheticMesh(nsCount, 10, 10, 5)
+	window := 7 * 24 * time.Hour
+	for _, q := range telemetry.Queries(telemetry.Options{Window: window}) {
+		if err := fake.Prepare(q, testNow); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tel, err := telemetry.Fetch(context.Background(), fake, telemetry.Options{Window: window, Now: testNow})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := Decide(inv, tel, testNow, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// peakHeap samples the live heap while f runs and returns its peak above
+// the heap before: what writing or loading a plan costs in memory, which
+// B/op (everything allocated, garbage included) does not say.
+func peakHeap(f func()) uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapAlloc
+	peak := base
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		var m runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				runtime.ReadMemStats(&m)
+				peak = max(peak, m.HeapAlloc)
+			}
+		}
+	}()
+	f()
+	close(stop)
+	<-done
+	runtime.ReadMemStats(&ms)
+	return max(peak, ms.HeapAlloc) - base
+}
+
+// BenchmarkSavePlan writes the 2,000-namespace plan to a file, as `plan
+// --out` does: wall time, and the peak heap above the plan itself.
+func BenchmarkSavePlan(b *testing.B) {
+	p := benchPlan(b)
+	path := filepath.Join(b.TempDir(), "plan.yaml")
+	save := func() {
+		if err := plans.SaveFile(path, p); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		save()
+	}
+	b.StopTimer()
+	// Sampling the heap stops the world; measured apart from the time.
+	peak := peakHeap(save)
+	fi, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(peak)/1e6, "peak-MB")
+	b.ReportMetric(float64(fi.Size())/1e6, "file-MB")
+}
+
+// BenchmarkLoadPlan reads the 2,000-namespace plan back (strict decode,
+// validation, digest), as every apply does.
+func BenchmarkLoadPlan(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "plan.yaml")
+	if err := plans.SaveFile(path, benchPlan(b)); err != nil {
+		b.Fatal(err)
+	}
+	load := func() {
+		q, err := plans.LoadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := plans.Digest(q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		load()
+	}
+	b.StopTimer()
+	peak := peakHeap(load)
+	b.ReportMetric(float64(peak)/1e6, "peak-MB")
 }

@@ -191,6 +191,7 @@ func (e *env) analyse(ns string) *nsPlan {
 		np.risks = append(np.risks, e.unverifiable(ns, np.evidence, e.stageProbes(np, true), np.gates)...)
 	}
 	sortRisks(np.risks)
+	writeFixOnce(np.risks)
 	np.status = statusOf(np.risks)
 	return np
 }
@@ -226,6 +227,18 @@ func sortRisks(rs []plans.Risk) {
 	})
 }
 
+// writeFixOnce empties the fix of a risk that repeats the previous risk's
+// code and fix. Risks are sorted by code, so a reviewer reads the fix once,
+// above the risks it is for: PLAINTEXT_OBSERVED's is ~300 bytes repeated
+// for every workload receiving plaintext, a quarter of a busy stage.
+func writeFixOnce(rs []plans.Risk) {
+	for i := len(rs) - 1; i > 0; i-- {
+		if rs[i].Code == rs[i-1].Code && rs[i].Fix == rs[i-1].Fix {
+			rs[i].Fix = ""
+		}
+	}
+}
+
 func (e *env) evidence(ns string) plans.Evidence {
 	ev := plans.Evidence{HasTelemetry: e.tel.Reporting[ns]}
 	secs := e.window.Seconds()
@@ -239,9 +252,15 @@ func (e *env) evidence(ns string) plans.Evidence {
 	var bytes float64
 	for _, f := range e.flowsBy[ns] {
 		bytes += f.Bytes
+		principal := f.SourcePrincipal
+		if principal == telemetry.Unknown {
+			// Plaintext carries no peer certificate: Istio's "unknown" is
+			// the rule here, not evidence; a real principal is kept.
+			principal = ""
+		}
 		ev.PlaintextSources = append(ev.PlaintextSources, plans.Source{
 			Workload: orUnknown(f.SourceWorkload), Namespace: orUnknown(f.SourceNamespace),
-			Principal: f.SourcePrincipal, DestinationWorkload: f.DestinationWorkload,
+			Principal: principal, DestinationWorkload: f.DestinationWorkload,
 			RequestRate: round(f.Requests / secs), ConnectionRate: round(f.Connections / secs),
 			LastSeen: f.LastSeen.UTC(),
 		})

@@ -205,6 +205,7 @@ func (e *env) meshStage(nss []*nsPlan) plans.Stage {
 	}
 	st.Risks = append(st.Risks, e.rootWorkloadsOpen()...)
 	sortRisks(st.Risks)
+	writeFixOnce(st.Risks)
 	st.Status = statusOf(st.Risks)
 	st.Modes = e.modeChanges(root, st.TargetMode)
 	switch st.Status {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
 	apisecurity "istio.io/api/security/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 
@@ -328,6 +329,34 @@ func TestEveryProbeThePlannerWritesIsATargetPreflightAllows(t *testing.T) {
 			}
 			if probes == 0 || gateway == 0 {
 				t.Fatalf("the plan has %d probes, %d through the gateway: the test checks too little", probes, gateway)
+			}
+		})
+	}
+}
+
+// TestPlanStreamsAsOneDocument: plans.Encode writes a real plan (risks,
+// sources, probes, gates at scale) stage by stage with the same bytes as
+// one yaml.v3 document, so the digests recorded before it still match.
+func TestPlanStreamsAsOneDocument(t *testing.T) {
+	for name, p := range map[string]*plans.Plan{"boutique": boutique().mustBuild(t), "synthetic": syntheticPlan(t, 70)} {
+		t.Run(name, func(t *testing.T) {
+			got, err := plans.Marshal(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := *p
+			c.Metadata.GeneratedAt = c.Metadata.GeneratedAt.UTC()
+			var want bytes.Buffer
+			enc := yaml.NewEncoder(&want)
+			enc.SetIndent(2)
+			if err := enc.Encode(&c); err != nil {
+				t.Fatal(err)
+			}
+			if err := enc.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want.Bytes()) {
+				t.Fatalf("the streamed plan differs from the one-document encoding (%d vs %d bytes)", len(got), want.Len())
 			}
 		})
 	}

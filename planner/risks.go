@@ -214,8 +214,9 @@ func meshedClientPlaintext(e *env, ns string, np *nsPlan) []plans.Risk {
 			Code: CodeMeshedClientPlaintext, Severity: sev,
 			Message: fmt.Sprintf("meshed client %s/%s sends plaintext into %s: %s%s", k.ns, k.wl, ns, strings.Join(descr, "; "), note),
 			Object:  e.podWorkloadRef(k.ns, k.wl),
-			Fix: fmt.Sprintf("on the client %s/%s: remove the DestinationRule tls.mode DISABLE toward %s, call the Service name rather than pod IPs, or drop the traffic.sidecar.istio.io/excludeOutboundPorts/IPRanges that bypass its sidecar",
-				k.ns, k.wl, ns),
+			// The client is the risk's object: a fix without its name is
+			// the same for every client, and is written once.
+			Fix: fmt.Sprintf("on each client (the risk's object): remove the DestinationRule tls.mode DISABLE toward %s, call the Service name rather than pod IPs, or drop the traffic.sidecar.istio.io/excludeOutboundPorts/IPRanges that bypass its sidecar", ns),
 		})
 	}
 	return out

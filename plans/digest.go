@@ -1,18 +1,23 @@
 package plans
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 )
 
 // Digest identifies a plan's content: "sha256:" and the hex digest of its
-// canonical YAML. The executor records it so a run with a different plan is
-// noticed.
+// canonical YAML (what Encode writes). The executor records it so a run
+// with a different plan is noticed, and `apply --plan-digest` pins it.
+// It streams the YAML into the hash: nothing the size of the plan is held.
 func Digest(p *Plan) (string, error) {
-	b, err := Marshal(p)
-	if err != nil {
+	sum := sha256.New()
+	w := bufio.NewWriterSize(sum, 64<<10)
+	if err := Encode(w, p); err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+	if err := w.Flush(); err != nil {
+		return "", err
+	}
+	return "sha256:" + hex.EncodeToString(sum.Sum(nil)), nil
 }

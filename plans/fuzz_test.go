@@ -3,6 +3,7 @@ package plans
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -17,9 +18,26 @@ func FuzzLoad(f *testing.F) {
 			f.Fatal(err)
 		}
 		f.Add(b)
+		// Seeds at the edges of the stage-by-stage decoder's layout.
+		f.Add([]byte(strings.Replace(strings.Replace(string(b), "soak: 5m", "soak: &s 5m", 1), "soak: 10m", "soak: *s", 1)))
+		f.Add([]byte(strings.ReplaceAll(string(b), "\n  - ", "\n- ")))
+		f.Add(append(b, "metadata: {}\n"...))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := Load("fuzz", data)
+		staged, ok := loadStaged(data)
+		p, err := loadWhole("fuzz", data)
+		if ok {
+			// The stage-by-stage decoder accepts only what the
+			// whole-document one accepts, and reads it the same.
+			if err != nil {
+				t.Fatalf("accepted stage by stage, refused as a document: %v", err)
+			}
+			a, _ := Marshal(staged)
+			b, _ := Marshal(p)
+			if string(a) != string(b) {
+				t.Fatalf("decoded differently stage by stage:\n%s\n---\n%s", a, b)
+			}
+		}
 		if err != nil {
 			return
 		}

@@ -77,8 +77,18 @@ func Read(source string, r io.Reader) (*Plan, error) {
 
 // Load decodes data strictly (unknown fields are errors) and validates it.
 // Every error it returns for a bad document is an *InvalidError whose
-// problems carry line numbers.
+// problems carry line numbers. A plan in the layout Encode writes is decoded
+// stage by stage (see loadStaged); anything else, and every plan with a
+// problem, as one document.
 func Load(source string, data []byte) (*Plan, error) {
+	if p, ok := loadStaged(data); ok {
+		return p, nil
+	}
+	return loadWhole(source, data)
+}
+
+// loadWhole decodes and validates data as one YAML document.
+func loadWhole(source string, data []byte) (*Plan, error) {
 	invalid := func(ps ...Problem) error { return &InvalidError{Source: source, Problems: ps} }
 
 	var root yaml.Node

@@ -192,7 +192,9 @@ type Risk struct {
 	Severity Severity  `yaml:"severity" json:"severity"`
 	Message  string    `yaml:"message" json:"message"`
 	Object   ObjectRef `yaml:"object,omitempty" json:"object,omitempty"`
-	Fix      string    `yaml:"fix,omitempty" json:"fix,omitempty"`
+	// Fix is written once for a run of risks of one code with the same
+	// fix (the risks are sorted by code): empty on the others.
+	Fix string `yaml:"fix,omitempty" json:"fix,omitempty"`
 }
 
 // ObjectRef names the Kubernetes object a risk is about.

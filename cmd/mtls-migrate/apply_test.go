@@ -72,7 +72,7 @@ func TestInvalidPlanIsExit2(t *testing.T) {
 		t.Fatal(err)
 	}
 	noCluster := func() (*kube.Clients, error) { return nil, errors.New("no cluster in this test") }
-	for _, src := range []string{path, filepath.Join(dir, "missing.yaml"), "configmap:ns/only-two"} {
+	for _, src := range []string{path, filepath.Join(dir, "missing.yaml"), "configmap:ns/too/many/parts"} {
 		f := &factory{newKubeClients: noCluster}
 		if _, _, err := f.loadPlan(context.Background(), src); cli.Code(err) != cli.ExitUsage {
 			t.Errorf("%s: exit %d: %v", src, cli.Code(err), err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
 	"github.com/mtls-migrate/mtls-migrate/internal/promclient"
+	"github.com/mtls-migrate/mtls-migrate/internal/telemetry"
 	"github.com/mtls-migrate/mtls-migrate/planner"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -31,6 +33,8 @@ type planOptions struct {
 	Name          string
 	Namespaces    []string
 	Exclude       []string
+	// PrometheusSteps is planner.Options.PrometheusSteps.
+	PrometheusSteps int
 	// now is the clock; tests fix it.
 	now func() time.Time
 }
@@ -62,6 +66,8 @@ risks and fixes. Nothing in the cluster changes.`,
 	fl.StringVar(&o.Name, "name", "", "the plan's metadata.name (default mtls-migrate-<time>)")
 	fl.StringSliceVar(&o.Namespaces, "namespaces", nil, "plan only these namespaces (comma-separated); each must exist")
 	fl.StringSliceVar(&o.Exclude, "exclude-namespaces", nil, "leave these namespaces out of the plan")
+	fl.IntVar(&o.PrometheusSteps, "prometheus-steps", 0, fmt.Sprintf("read the window's traffic totals with range queries of this many steps (2-%d), for a Thanos or Mimir query-frontend that splits range queries by day; 0 (or 1): instant queries over the whole window", telemetry.MaxSteps))
+	cmd.AddCommand(newPlanPublishCmd(f, nil))
 	return cmd
 }
 
@@ -91,6 +97,9 @@ func (o *planOptions) Validate() error {
 	}
 	if o.Soak <= 0 {
 		return cli.Usagef("--soak must be positive, e.g. 5m")
+	}
+	if o.PrometheusSteps < 0 || o.PrometheusSteps > telemetry.MaxSteps {
+		return cli.Usagef("--prometheus-steps must be 0 (instant queries) or a number of steps up to %d (7 is a day each for --window 7d), got %d", telemetry.MaxSteps, o.PrometheusSteps)
 	}
 	excl := map[string]bool{}
 	for _, n := range o.Exclude {
@@ -136,7 +145,7 @@ func (o *planOptions) Run(cmd *cobra.Command) error {
 			Name: o.Name, GateWindow: o.GateWindow, Soak: o.Soak,
 			Namespaces: o.Namespaces, ExcludeNamespaces: o.Exclude,
 			PrometheusURL: promclient.Redact(popts.URL), ClusterServer: server,
-			PrometheusTimeout: popts.Timeout, Log: log,
+			PrometheusTimeout: popts.Timeout, PrometheusSteps: o.PrometheusSteps, Log: log,
 		},
 	})
 	var nf *planner.NamespaceNotFoundError
@@ -150,10 +159,19 @@ func (o *planOptions) Run(cmd *cobra.Command) error {
 		log.Warn(w)
 	}
 	if o.Out != "" {
-		if err := plans.SaveFile(o.Out, plan); err != nil {
+		digest, err := plans.Save(o.Out, plan)
+		if err != nil {
 			return fmt.Errorf("write the plan to %s: %w", o.Out, err)
 		}
-		log.Info("plan written", "file", o.Out, "stages", len(plan.Stages))
+		log.Info("plan written", "file", o.Out, "stages", len(plan.Stages), "digest", digest)
+	}
+	if o.Output == cli.OutputYAML {
+		// The plan's own writer: streamed, and the bytes --out writes.
+		w := bufio.NewWriter(o.f.streams.Out)
+		if err := plans.Write(w, plan); err != nil {
+			return err
+		}
+		return w.Flush()
 	}
 	return cli.PrintData(o.f.streams.Out, o.Output, plan, func(w io.Writer) error { return printPlanTable(w, plan) })
 }

@@ -43,6 +43,12 @@ func TestPlanFlags(t *testing.T) {
 		{[]string{"--soak", "-1m"}, cli.ExitUsage, nil},
 		{[]string{"-o", "xml"}, cli.ExitUsage, nil},
 		{[]string{"--namespaces", "a", "--exclude-namespaces", "a"}, cli.ExitUsage, nil},
+		{nil, 0, func(o *planOptions) bool { return o.PrometheusSteps == 0 }},
+		{[]string{"--prometheus-steps", "7"}, 0, func(o *planOptions) bool { return o.PrometheusSteps == 7 }},
+		{[]string{"--prometheus-steps", "168"}, 0, func(o *planOptions) bool { return o.PrometheusSteps == 168 }},
+		{[]string{"--prometheus-steps", "169"}, cli.ExitUsage, nil},
+		{[]string{"--prometheus-steps", "-1"}, cli.ExitUsage, nil},
+		{[]string{"--prometheus-steps", "many"}, cli.ExitUsage, nil},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -103,6 +109,58 @@ func TestPlanRunExitCodes(t *testing.T) {
 			}
 			if got := out.String(); err == nil && !strings.Contains(got, tt.want) || err != nil && !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("output %q / error %v, want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// rangeCounter is a promAPI that counts range queries and their steps.
+type rangeCounter struct {
+	promAPI
+	ranges []v1.Range
+}
+
+func (r *rangeCounter) QueryRange(ctx context.Context, q string, rg v1.Range, o ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	r.ranges = append(r.ranges, rg)
+	return r.promAPI.QueryRange(ctx, q, rg, o...)
+}
+
+// TestPlanPrometheusStepsReachTheQueries: --prometheus-steps N turns the
+// traffic totals into range queries of N steps; by default they are
+// instant queries.
+func TestPlanPrometheusStepsReachTheQueries(t *testing.T) {
+	for _, tt := range []struct {
+		args  []string
+		steps int // of each range query; 0: none
+	}{
+		{nil, 0},
+		{[]string{"--prometheus-steps", "7"}, 7},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			prom := &rangeCounter{promAPI: promAPI{fake: &telemetrytest.Fake{}}}
+			f := &factory{streams: genericiooptions.IOStreams{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}, promURL: "http://prom.test:9090", promTimeout: time.Second}
+			f.newKubeClients = func() (*kube.Clients, error) {
+				return &kube.Clients{Kube: k8sfake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"istio-injection": "enabled"}}}), Istio: istiofake.NewSimpleClientset()}, nil
+			}
+			f.newPrometheusAPI = func(promclient.Options) (v1.API, error) { return prom, nil }
+			cmd := newPlanCmd(f, nil)
+			cmd.SetArgs(append([]string{"--window", "7d"}, tt.args...))
+			if err := cmd.Execute(); err != nil {
+				t.Fatal(err)
+			}
+			if tt.steps == 0 {
+				if len(prom.ranges) != 0 {
+					t.Fatalf("%d range queries, want instant queries only", len(prom.ranges))
+				}
+				return
+			}
+			if len(prom.ranges) == 0 {
+				t.Fatal("no range query")
+			}
+			for _, r := range prom.ranges {
+				if n := int(r.End.Sub(r.Start)/r.Step) + 1; r.Step != 24*time.Hour || n != tt.steps {
+					t.Errorf("range %v..%v step %v: %d points, want %d of a day", r.Start, r.End, r.Step, n, tt.steps)
+				}
 			}
 		})
 	}

@@ -21,7 +21,8 @@ func TestParseSource(t *testing.T) {
 		{in: "plan.yaml", want: Source{Path: "plan.yaml"}},
 		{in: "/abs/configmap:odd.yaml", want: Source{Path: "/abs/configmap:odd.yaml"}},
 		{in: "configmap:mtls-migrate/mtls-migrate-plan/plan.yaml", want: Source{Namespace: "mtls-migrate", Name: "mtls-migrate-plan", Key: "plan.yaml"}},
-		{in: "configmap:mtls-migrate/plan", wantErr: "NAMESPACE/NAME/KEY"},
+		{in: "configmap:mtls-migrate/plan", want: Source{Namespace: "mtls-migrate", Name: "plan"}}, // published: index and shards
+		{in: "configmap:mtls-migrate/plan/", wantErr: "NAMESPACE/NAME/KEY"},
 		{in: "configmap:a/b/c/d", wantErr: "NAMESPACE/NAME/KEY"},
 		{in: "configmap:Bad_NS/p/k", wantErr: "namespace"},
 		{in: "configmap:ns/p/bad key", wantErr: "key"},

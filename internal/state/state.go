@@ -2,9 +2,9 @@
 // scheduled Job) can find it: which plan is being executed,
 // each stage's phase with times, reasons, gate values and who ran it, and the
 // snapshots of the PeerAuthentications taken before each change. The Store
-// interface has a ConfigMap implementation (optimistic concurrency on the
-// ConfigMap's resourceVersion, never a blind overwrite) and an in-memory one
-// for tests.
+// interface has a ConfigMap implementation (the state sharded over ConfigMaps
+// of well under 1 MiB each, optimistic concurrency on each one's
+// resourceVersion, never a blind overwrite) and an in-memory one for tests.
 package state
 
 import (
@@ -38,7 +38,7 @@ func (p Phase) InProgress() bool {
 	return p == Applying || p == Soaking || p == RollingBack
 }
 
-// State is the whole document stored under one key.
+// State is the whole migration state, as every run sees it.
 type State struct {
 	// Plans holds one record per plan digest ever applied, oldest first;
 	// the last is the plan in progress. Older records are kept because their
@@ -48,10 +48,6 @@ type State struct {
 	// probes there: pre-flight's "plaintext since the plan" check starts
 	// after it, so the tool's own probes are not mistaken for a client.
 	ProbedAt map[string]time.Time `json:"probedAt,omitempty"`
-
-	// resourceVersion of the object the state was read from (ConfigMap
-	// implementation), for optimistic concurrency.
-	resourceVersion string
 }
 
 // PlanRecord is the execution record of one plan.
@@ -121,8 +117,37 @@ type StageState struct {
 	// Propagation says how the change reached the proxies: measured from
 	// istiod's sync status (the write to the last acknowledgement), or
 	// that the settle time was waited instead, and why.
-	Propagation string       `json:"propagation,omitempty"`
-	History     []Transition `json:"history,omitempty"`
+	Propagation string `json:"propagation,omitempty"`
+	// History holds the stage's last MaxHistory transitions, oldest first;
+	// EarlierTransitions counts those dropped before them, Attempts the
+	// runs that started the stage (moves into applying from another phase).
+	History            []Transition `json:"history,omitempty"`
+	EarlierTransitions int          `json:"earlierTransitions,omitempty"`
+	Attempts           int          `json:"attempts,omitempty"`
+	// CarriedFrom is set on a stage `apply --next --replan` carried over,
+	// done, from an earlier plan's record: the stage it copies. The
+	// ConfigMap store keeps the copy's snapshot, gates and the rest once,
+	// with the original (see ConfigMapStore).
+	CarriedFrom *StageRef `json:"carriedFrom,omitempty"`
+}
+
+// StageRef names one stage of one plan record.
+type StageRef struct {
+	Digest string `json:"digest"`
+	Number int    `json:"number"`
+}
+
+// MaxHistory is how many transitions a stage record keeps: about the last
+// eight runs of the stage; the count of older ones is kept.
+const MaxHistory = 32
+
+// AddTransition appends t to the history, keeping the last MaxHistory.
+func (st *StageState) AddTransition(t Transition) {
+	st.History = append(st.History, t)
+	if over := len(st.History) - MaxHistory; over > 0 {
+		st.History = append(st.History[:0:0], st.History[over:]...)
+		st.EarlierTransitions += over
+	}
 }
 
 // Target describes the object a stage writes.
@@ -335,8 +360,11 @@ func (st *StageState) Move(phase Phase, at time.Time, reason string) error {
 	if !CanMove(st.Phase, phase) {
 		return &IllegalTransitionError{Stage: st.Number, From: st.Phase, To: phase}
 	}
+	if phase == Applying && st.Phase != Applying {
+		st.Attempts++
+	}
 	st.Phase = phase
-	st.History = append(st.History, Transition{Phase: phase, At: at.UTC(), Reason: reason})
+	st.AddTransition(Transition{Phase: phase, At: at.UTC(), Reason: reason})
 	switch phase {
 	case Applying:
 		st.StartedAt = at.UTC()

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os/exec"
 	"reflect"
@@ -46,11 +45,11 @@ func markProbed(t *testing.T, kc kubernetes.Interface, ns string, until time.Tim
 }
 
 func stageState(kc kubernetes.Interface, digest string, n int) *state.StageState {
-	cm, err := kc.CoreV1().ConfigMaps(stateNamespace).Get(context.Background(), state.ConfigMapName, metav1.GetOptions{})
-	if err != nil {
+	st, err := state.NewConfigMapStore(kc, stateNamespace).Load(context.Background())
+	if err != nil || st.Plan(digest) == nil {
 		return nil
 	}
-	return stageOfConfigMap(cm, digest, n)
+	return st.Plan(digest).Stage(n)
 }
 
 // stagePhase is the stage's phase in the state, and whether the apply's
@@ -60,12 +59,19 @@ func stagePhase(kc kubernetes.Interface, digest string, n int) (state.Phase, boo
 	return phaseOf(ss), ss != nil && ss.Target != nil && ss.Target.UID != ""
 }
 
+// stageOfConfigMap is stage n of plan digest if cm is the state's shard
+// that holds it.
 func stageOfConfigMap(cm *corev1.ConfigMap, digest string, n int) *state.StageState {
-	var st state.State
-	if json.Unmarshal([]byte(cm.Data[state.Key]), &st) != nil || st.Plan(digest) == nil || st.Plan(digest).Stage(n) == nil {
+	d, stages, ok := state.StagesOf(cm)
+	if !ok || d != digest {
 		return nil
 	}
-	return st.Plan(digest).Stage(n)
+	for i := range stages {
+		if stages[i].Number == n {
+			return &stages[i]
+		}
+	}
+	return nil
 }
 
 func phaseOf(ss *state.StageState) state.Phase {
@@ -75,13 +81,13 @@ func phaseOf(ss *state.StageState) state.Phase {
 	return ss.Phase
 }
 
-// watchStage sends the stage's record on every write to the state
-// ConfigMap after resourceVersion rv (a watch, not a poll: a phase held for
+// watchStage sends the stage's record on every write to the state's
+// ConfigMaps after resourceVersion rv (a watch, not a poll: a phase held for
 // one API call, like rolling-back, is not missed).
 func watchStage(ctx context.Context, t *testing.T, kc kubernetes.Interface, rv, digest string, n int) <-chan *state.StageState {
 	t.Helper()
 	w, err := kc.CoreV1().ConfigMaps(stateNamespace).Watch(ctx, metav1.ListOptions{
-		FieldSelector: "metadata.name=" + state.ConfigMapName, ResourceVersion: rv,
+		LabelSelector: state.ShardLabel + "=" + state.ConfigMapName, ResourceVersion: rv,
 	})
 	if err != nil {
 		t.Fatalf("watch the state ConfigMap: %v", err)
