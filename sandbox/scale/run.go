@@ -100,6 +100,8 @@ type PromTotals struct {
 	JSONBytes, WireBytes int64
 	Eval, Encode         time.Duration
 	PerQuery             []QueryStat
+	// Gzip: every query accepted a gzip answer.
+	Gzip bool
 }
 
 // StoreStats sizes the tool's objects.
@@ -111,8 +113,9 @@ type StoreStats struct {
 }
 
 func totals(stats []QueryStat) PromTotals {
-	t := PromTotals{Queries: len(stats), PerQuery: stats}
+	t := PromTotals{Queries: len(stats), PerQuery: stats, Gzip: len(stats) > 0}
 	for _, s := range stats {
+		t.Gzip = t.Gzip && s.Gzip
 		t.JSONBytes += int64(s.JSONBytes)
 		t.WireBytes += int64(s.WireBytes)
 		t.Eval += s.Eval
@@ -212,7 +215,11 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 	if r.Plan, r.PlanProm, err = product("plan", planArgs...); err != nil {
 		return r, err
 	}
-	c.Logf("plan: %s (CPU %s), max RSS %d MB, %d queries, %.1f MB of JSON (%.1f MB sent)", r.Plan.Wall.Round(10*time.Millisecond), r.Plan.CPU.Round(10*time.Millisecond), r.Plan.MaxRSS>>20, r.PlanProm.Queries, mb(r.PlanProm.JSONBytes), mb(r.PlanProm.WireBytes))
+	c.Logf("plan: %s (CPU %s), max RSS %d MB, %d queries, %.1f MB of JSON (%.1f MB sent, gzip accepted: %t; server eval %s, encode %s)", r.Plan.Wall.Round(10*time.Millisecond), r.Plan.CPU.Round(10*time.Millisecond), r.Plan.MaxRSS>>20,
+		r.PlanProm.Queries, mb(r.PlanProm.JSONBytes), mb(r.PlanProm.WireBytes), r.PlanProm.Gzip, r.PlanProm.Eval.Round(time.Millisecond), r.PlanProm.Encode.Round(time.Millisecond))
+	for _, q := range r.PlanProm.PerQuery {
+		c.Logf("  query: %d series, %.2f MB, eval %s: %.80s...", q.Series, mb(int64(q.JSONBytes)), q.Eval.Round(time.Millisecond), q.Query)
+	}
 	fi, err := os.Stat(planPath)
 	if err != nil {
 		return r, fmt.Errorf("the plan was not written: %w", err)
@@ -260,8 +267,13 @@ func loadOnce(ctx context.Context, dir string, w *World, o LoadOptions, logf fun
 		}()
 	}
 	logf("cluster up in %s", time.Since(began).Round(100*time.Millisecond))
-	o.Progress = func(done, total int, elapsed time.Duration) {
-		logf("  loaded %d/%d workloads in %s", done, total, elapsed.Round(100*time.Millisecond))
+	o.Progress = func(kind string, done, total int, elapsed time.Duration) {
+		logf("  loaded %d/%d %s in %s", done, total, kind, elapsed.Round(100*time.Millisecond))
+	}
+	if o.ServicesInEtcd && o.Etcd == nil {
+		etcd := cl.EtcdClient()
+		defer etcd.Close()
+		o.Etcd = etcd
 	}
 	pid, self := cl.APIServerPID(), os.Getpid()
 	apiCPU, localCPU := procCPU(pid), procCPU(self)
