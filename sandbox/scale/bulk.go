@@ -126,13 +126,20 @@ func servicesInEtcd(ctx context.Context, kube kubernetes.Interface, etcd *client
 	if err := flush(); err != nil {
 		return ps, err
 	}
-	// The API server serves them (a consistent list waits for its cache),
-	// with the reference's spec.
-	l, err := kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return ps, fmt.Errorf("list the Services written into etcd: %w", err)
+	// The API server serves them, with the reference's spec, once its
+	// watch cache has caught up with etcd.
+	var l *corev1.ServiceList
+	for deadline := time.Now().Add(time.Minute); ; {
+		var err error
+		if l, err = kube.CoreV1().Services("").List(ctx, metav1.ListOptions{}); err != nil {
+			return ps, fmt.Errorf("list the Services written into etcd: %w", err)
+		}
+		ps.Requests++
+		if len(l.Items) >= w.Pods() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	ps.Requests++
 	seen := 0
 	for k := range l.Items {
 		svc := &l.Items[k]

@@ -7,11 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -68,6 +71,11 @@ type Result struct {
 	PodJSONBytes, PodProtoBytes int
 
 	Plan, Status Command
+	// StatusNoPlan is status without --plan: what reading the plan costs.
+	StatusNoPlan Command
+	// Lists are every pod listed from this process as client-go would,
+	// pages of 500, in each encoding: what the tool's own lists cost.
+	Lists []ListStat
 	// PlanProm and StatusProm are the queries each command sent (empty
 	// against a real Prometheus).
 	PlanProm, StatusProm PromTotals
@@ -233,6 +241,18 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 		return r, err
 	}
 	c.Logf("status: %s (CPU %s), max RSS %d MB", r.Status.Wall.Round(10*time.Millisecond), r.Status.CPU.Round(10*time.Millisecond), r.Status.MaxRSS>>20)
+	if r.StatusNoPlan, _, err = product("status-noplan", "status", "--state-namespace", StateNamespace); err != nil {
+		return r, err
+	}
+	c.Logf("status without --plan: %s (CPU %s), max RSS %d MB", r.StatusNoPlan.Wall.Round(10*time.Millisecond), r.StatusNoPlan.CPU.Round(10*time.Millisecond), r.StatusNoPlan.MaxRSS>>20)
+	for _, ct := range []string{runtime.ContentTypeJSON, runtime.ContentTypeProtobuf} {
+		ls, err := listPods(ctx, cl.RESTConfig(), ct)
+		if err != nil {
+			return r, err
+		}
+		c.Logf("list every pod (%s, pages of 500): %s, %.1f MB", ct, ls.Took.Round(10*time.Millisecond), mb(ls.Bytes))
+		r.Lists = append(r.Lists, ls)
+	}
 	if r.State, err = storeStats(ctx, kube, StateNamespace); err != nil {
 		return r, err
 	}
@@ -562,4 +582,67 @@ func FormatTable(rs []*Result) string {
 			fmt.Sprintf("%d/%d", r.Checked-len(r.Mismatches), r.Namespaces), inCluster)
 	}
 	return b.String()
+}
+
+// ListStat is one list of every pod.
+type ListStat struct {
+	ContentType string
+	Took        time.Duration
+	Bytes       int64
+	Pods        int
+}
+
+// listPods lists every pod in pages of 500 with the given encoding and
+// decodes them, as client-go's pager does for the tool.
+func listPods(ctx context.Context, base *rest.Config, contentType string) (ListStat, error) {
+	st := ListStat{ContentType: contentType}
+	cfg := rest.CopyConfig(base)
+	cfg.AcceptContentTypes, cfg.ContentType = contentType, contentType
+	var n countingReads
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &countingTransport{rt, &n} })
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return st, err
+	}
+	began := time.Now()
+	opts := metav1.ListOptions{Limit: 500}
+	for {
+		l, err := kube.CoreV1().Pods("").List(ctx, opts)
+		if err != nil {
+			return st, fmt.Errorf("list pods (%s): %w", contentType, err)
+		}
+		st.Pods += len(l.Items)
+		if l.Continue == "" {
+			break
+		}
+		opts.Continue = l.Continue
+	}
+	st.Took, st.Bytes = time.Since(began), n.n.Load()
+	return st, nil
+}
+
+type countingReads struct{ n atomic.Int64 }
+
+type countingTransport struct {
+	rt http.RoundTripper
+	n  *countingReads
+}
+
+func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.rt.RoundTrip(r)
+	if resp != nil && resp.Body != nil {
+		resp.Body = &countingBody{resp.Body, t.n}
+	}
+	return resp, err
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *countingReads
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	k, err := b.ReadCloser.Read(p)
+	b.n.n.Add(int64(k))
+	return k, err
 }
