@@ -69,6 +69,7 @@ type Result struct {
 	// PodJSONBytes and PodProtoBytes are one stored pod as the API
 	// server returns it.
 	PodJSONBytes, PodProtoBytes int
+	PodJSONBytesNoManagedFields int
 
 	Plan, Status Command
 	// StatusNoPlan is status without --plan: what reading the plan costs.
@@ -189,9 +190,10 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 	if err != nil {
 		return r, err
 	}
-	if r.PodJSONBytes, r.PodProtoBytes, err = podSizes(ctx, cl.RESTConfig(), w); err != nil {
+	if r.PodJSONBytes, r.PodProtoBytes, r.PodJSONBytesNoManagedFields, err = podSizes(ctx, cl.RESTConfig(), w); err != nil {
 		return r, err
 	}
+	c.Logf("a pod as the API server returns it: %d bytes of JSON (%d without managedFields), %d of protobuf", r.PodJSONBytes, r.PodJSONBytesNoManagedFields, r.PodProtoBytes)
 
 	promURL := c.PrometheusURL
 	var prom *PromServer
@@ -305,24 +307,37 @@ func loadOnce(ctx context.Context, dir string, w *World, o LoadOptions, logf fun
 	return st, err
 }
 
-// podSizes is one pod as the API server returns it, in JSON and protobuf.
-func podSizes(ctx context.Context, base *rest.Config, w *World) (int, int, error) {
+// podSizes is one pod as the API server returns it, in JSON and protobuf,
+// and its JSON without metadata.managedFields.
+func podSizes(ctx context.Context, base *rest.Config, w *World) (int, int, int, error) {
 	var sizes [2]int
+	var lean int
 	for k, ct := range []string{runtime.ContentTypeJSON, runtime.ContentTypeProtobuf} {
 		cfg := rest.CopyConfig(base)
 		cfg.AcceptContentTypes = ct
 		cfg.ContentType = ct
 		kube, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		raw, err := kube.CoreV1().RESTClient().Get().Namespace(w.Names[0]).Resource("pods").Name(w.PodName(0, 0)).DoRaw(ctx)
 		if err != nil {
-			return 0, 0, fmt.Errorf("read back pod %s/%s: %w", w.Names[0], w.PodName(0, 0), err)
+			return 0, 0, 0, fmt.Errorf("read back pod %s/%s: %w", w.Names[0], w.PodName(0, 0), err)
 		}
 		sizes[k] = len(raw)
+		if ct == runtime.ContentTypeJSON {
+			var pod map[string]any
+			if err := json.Unmarshal(raw, &pod); err != nil {
+				return 0, 0, 0, err
+			}
+			if md, ok := pod["metadata"].(map[string]any); ok {
+				delete(md, "managedFields")
+			}
+			b, _ := json.Marshal(pod)
+			lean = len(b)
+		}
 	}
-	return sizes[0], sizes[1], nil
+	return sizes[0], sizes[1], lean, nil
 }
 
 // runBinary runs the product as a user would, with only this kubeconfig.
