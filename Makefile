@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 GO ?= go
 
-.PHONY: demo test setup sandbox-deps lint unit e2e bench build clean
+.PHONY: demo test setup sandbox-deps lint unit e2e bench bench-scale bench-prometheus build clean
 
 ## demo: install what the sandbox needs, start it and run a whole Online Boutique migration.
 demo: sandbox-deps
@@ -44,6 +44,14 @@ e2e:
 ## bench: the planner benchmark (2,000 namespaces, 20,000 workloads, 200,000 flows).
 bench:
 	$(GO) test ./planner -run '^$$' -bench BenchmarkPlan -benchmem -benchtime 3x
+
+## bench-scale: the built binary's plan and status against the sandbox's API server and a synthetic Prometheus at 20, 200 and 2,000 namespaces (about 10 minutes; the 200-namespace run is TestE2EScale in e2e).
+bench-scale: sandbox-deps
+	cd sandbox && $(GO) test ./scale -run '^$$' -bench BenchmarkScale -benchtime 1x -timeout 3h -v -scale.namespaces=20,200,2000
+
+## bench-prometheus: the product's queries against a real Prometheus backfilled with 7 days of 200 namespaces (about 20 minutes).
+bench-prometheus: sandbox-deps
+	cd sandbox && $(GO) test ./scale -run '^$$' -bench BenchmarkRealPrometheus -benchtime 1x -timeout 3h -v
 
 ## build: the mtls-migrate binary in bin/.
 build:

@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -227,6 +229,15 @@ func (c *Cluster) Dir() string { return c.dir }
 // APIServerPID is the kube-apiserver child's process id (benchmarks read
 // its CPU time and memory from /proc).
 func (c *Cluster) APIServerPID() int { return c.apiserver.cmd.Process.Pid }
+
+// EtcdClient is an in-process client of the cluster's etcd, for fixtures
+// that write objects as another API server would (the keys are under
+// EtcdPrefix, in the API server's storage encoding). Valid until Stop.
+func (c *Cluster) EtcdClient() *clientv3.Client { return v3client.New(c.etcd.Server) }
+
+// EtcdPrefix is the key prefix kube-apiserver stores objects under (its
+// --etcd-prefix default).
+const EtcdPrefix = "/registry"
 
 // Stop stops kube-apiserver (SIGTERM, then SIGKILL after a few seconds),
 // closes etcd and removes the etcd data and certificates. Logs and the

@@ -45,6 +45,8 @@ type QueryStat struct {
 	Eval      time.Duration
 	Encode    time.Duration // JSON and gzip
 	Err       string
+	// Gzip says whether the client accepted a compressed answer.
+	Gzip bool
 }
 
 // NewPromServer serves w.
@@ -162,7 +164,7 @@ func (p *PromServer) write(rw http.ResponseWriter, r *http.Request, body []byte,
 	began := time.Now()
 	st.JSONBytes = len(body)
 	rw.Header().Set("Content-Type", "application/json")
-	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+	if st.Gzip = strings.Contains(r.Header.Get("Accept-Encoding"), "gzip"); st.Gzip {
 		var buf bytes.Buffer
 		gz := gzip.NewWriter(&buf)
 		_, _ = gz.Write(body)

@@ -7,11 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -66,8 +69,14 @@ type Result struct {
 	// PodJSONBytes and PodProtoBytes are one stored pod as the API
 	// server returns it.
 	PodJSONBytes, PodProtoBytes int
+	PodJSONBytesNoManagedFields int
 
 	Plan, Status Command
+	// StatusNoPlan is status without --plan: what reading the plan costs.
+	StatusNoPlan Command
+	// Lists are every pod listed from this process as client-go would,
+	// pages of 500, in each encoding: what the tool's own lists cost.
+	Lists []ListStat
 	// PlanProm and StatusProm are the queries each command sent (empty
 	// against a real Prometheus).
 	PlanProm, StatusProm PromTotals
@@ -100,6 +109,8 @@ type PromTotals struct {
 	JSONBytes, WireBytes int64
 	Eval, Encode         time.Duration
 	PerQuery             []QueryStat
+	// Gzip: every query accepted a gzip answer.
+	Gzip bool
 }
 
 // StoreStats sizes the tool's objects.
@@ -111,8 +122,9 @@ type StoreStats struct {
 }
 
 func totals(stats []QueryStat) PromTotals {
-	t := PromTotals{Queries: len(stats), PerQuery: stats}
+	t := PromTotals{Queries: len(stats), PerQuery: stats, Gzip: len(stats) > 0}
 	for _, s := range stats {
+		t.Gzip = t.Gzip && s.Gzip
 		t.JSONBytes += int64(s.JSONBytes)
 		t.WireBytes += int64(s.WireBytes)
 		t.Eval += s.Eval
@@ -178,9 +190,10 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 	if err != nil {
 		return r, err
 	}
-	if r.PodJSONBytes, r.PodProtoBytes, err = podSizes(ctx, cl.RESTConfig(), w); err != nil {
+	if r.PodJSONBytes, r.PodProtoBytes, r.PodJSONBytesNoManagedFields, err = podSizes(ctx, cl.RESTConfig(), w); err != nil {
 		return r, err
 	}
+	c.Logf("a pod as the API server returns it: %d bytes of JSON (%d without managedFields), %d of protobuf", r.PodJSONBytes, r.PodJSONBytesNoManagedFields, r.PodProtoBytes)
 
 	promURL := c.PrometheusURL
 	var prom *PromServer
@@ -212,7 +225,11 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 	if r.Plan, r.PlanProm, err = product("plan", planArgs...); err != nil {
 		return r, err
 	}
-	c.Logf("plan: %s (CPU %s), max RSS %d MB, %d queries, %.1f MB of JSON (%.1f MB sent)", r.Plan.Wall.Round(10*time.Millisecond), r.Plan.CPU.Round(10*time.Millisecond), r.Plan.MaxRSS>>20, r.PlanProm.Queries, mb(r.PlanProm.JSONBytes), mb(r.PlanProm.WireBytes))
+	c.Logf("plan: %s (CPU %s), max RSS %d MB, %d queries, %.1f MB of JSON (%.1f MB sent, gzip accepted: %t; server eval %s, encode %s)", r.Plan.Wall.Round(10*time.Millisecond), r.Plan.CPU.Round(10*time.Millisecond), r.Plan.MaxRSS>>20,
+		r.PlanProm.Queries, mb(r.PlanProm.JSONBytes), mb(r.PlanProm.WireBytes), r.PlanProm.Gzip, r.PlanProm.Eval.Round(time.Millisecond), r.PlanProm.Encode.Round(time.Millisecond))
+	for _, q := range r.PlanProm.PerQuery {
+		c.Logf("  query: %d series, %.2f MB, eval %s: %.80s...", q.Series, mb(int64(q.JSONBytes)), q.Eval.Round(time.Millisecond), q.Query)
+	}
 	fi, err := os.Stat(planPath)
 	if err != nil {
 		return r, fmt.Errorf("the plan was not written: %w", err)
@@ -226,6 +243,18 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 		return r, err
 	}
 	c.Logf("status: %s (CPU %s), max RSS %d MB", r.Status.Wall.Round(10*time.Millisecond), r.Status.CPU.Round(10*time.Millisecond), r.Status.MaxRSS>>20)
+	if r.StatusNoPlan, _, err = product("status-noplan", "status", "--state-namespace", StateNamespace); err != nil {
+		return r, err
+	}
+	c.Logf("status without --plan: %s (CPU %s), max RSS %d MB", r.StatusNoPlan.Wall.Round(10*time.Millisecond), r.StatusNoPlan.CPU.Round(10*time.Millisecond), r.StatusNoPlan.MaxRSS>>20)
+	for _, ct := range []string{runtime.ContentTypeJSON, runtime.ContentTypeProtobuf} {
+		ls, err := listPods(ctx, cl.RESTConfig(), ct)
+		if err != nil {
+			return r, err
+		}
+		c.Logf("list every pod (%s, pages of 500): %s, %.1f MB", ct, ls.Took.Round(10*time.Millisecond), mb(ls.Bytes))
+		r.Lists = append(r.Lists, ls)
+	}
 	if r.State, err = storeStats(ctx, kube, StateNamespace); err != nil {
 		return r, err
 	}
@@ -260,8 +289,13 @@ func loadOnce(ctx context.Context, dir string, w *World, o LoadOptions, logf fun
 		}()
 	}
 	logf("cluster up in %s", time.Since(began).Round(100*time.Millisecond))
-	o.Progress = func(done, total int, elapsed time.Duration) {
-		logf("  loaded %d/%d workloads in %s", done, total, elapsed.Round(100*time.Millisecond))
+	o.Progress = func(kind string, done, total int, elapsed time.Duration) {
+		logf("  loaded %d/%d %s in %s", done, total, kind, elapsed.Round(100*time.Millisecond))
+	}
+	if o.ServicesInEtcd && o.Etcd == nil {
+		etcd := cl.EtcdClient()
+		defer etcd.Close()
+		o.Etcd = etcd
 	}
 	pid, self := cl.APIServerPID(), os.Getpid()
 	apiCPU, localCPU := procCPU(pid), procCPU(self)
@@ -273,24 +307,37 @@ func loadOnce(ctx context.Context, dir string, w *World, o LoadOptions, logf fun
 	return st, err
 }
 
-// podSizes is one pod as the API server returns it, in JSON and protobuf.
-func podSizes(ctx context.Context, base *rest.Config, w *World) (int, int, error) {
+// podSizes is one pod as the API server returns it, in JSON and protobuf,
+// and its JSON without metadata.managedFields.
+func podSizes(ctx context.Context, base *rest.Config, w *World) (int, int, int, error) {
 	var sizes [2]int
+	var lean int
 	for k, ct := range []string{runtime.ContentTypeJSON, runtime.ContentTypeProtobuf} {
 		cfg := rest.CopyConfig(base)
 		cfg.AcceptContentTypes = ct
 		cfg.ContentType = ct
 		kube, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		raw, err := kube.CoreV1().RESTClient().Get().Namespace(w.Names[0]).Resource("pods").Name(w.PodName(0, 0)).DoRaw(ctx)
 		if err != nil {
-			return 0, 0, fmt.Errorf("read back pod %s/%s: %w", w.Names[0], w.PodName(0, 0), err)
+			return 0, 0, 0, fmt.Errorf("read back pod %s/%s: %w", w.Names[0], w.PodName(0, 0), err)
 		}
 		sizes[k] = len(raw)
+		if ct == runtime.ContentTypeJSON {
+			var pod map[string]any
+			if err := json.Unmarshal(raw, &pod); err != nil {
+				return 0, 0, 0, err
+			}
+			if md, ok := pod["metadata"].(map[string]any); ok {
+				delete(md, "managedFields")
+			}
+			b, _ := json.Marshal(pod)
+			lean = len(b)
+		}
 	}
-	return sizes[0], sizes[1], nil
+	return sizes[0], sizes[1], lean, nil
 }
 
 // runBinary runs the product as a user would, with only this kubeconfig.
@@ -550,4 +597,67 @@ func FormatTable(rs []*Result) string {
 			fmt.Sprintf("%d/%d", r.Checked-len(r.Mismatches), r.Namespaces), inCluster)
 	}
 	return b.String()
+}
+
+// ListStat is one list of every pod.
+type ListStat struct {
+	ContentType string
+	Took        time.Duration
+	Bytes       int64
+	Pods        int
+}
+
+// listPods lists every pod in pages of 500 with the given encoding and
+// decodes them, as client-go's pager does for the tool.
+func listPods(ctx context.Context, base *rest.Config, contentType string) (ListStat, error) {
+	st := ListStat{ContentType: contentType}
+	cfg := rest.CopyConfig(base)
+	cfg.AcceptContentTypes, cfg.ContentType = contentType, contentType
+	var n countingReads
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &countingTransport{rt, &n} })
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return st, err
+	}
+	began := time.Now()
+	opts := metav1.ListOptions{Limit: 500}
+	for {
+		l, err := kube.CoreV1().Pods("").List(ctx, opts)
+		if err != nil {
+			return st, fmt.Errorf("list pods (%s): %w", contentType, err)
+		}
+		st.Pods += len(l.Items)
+		if l.Continue == "" {
+			break
+		}
+		opts.Continue = l.Continue
+	}
+	st.Took, st.Bytes = time.Since(began), n.n.Load()
+	return st, nil
+}
+
+type countingReads struct{ n atomic.Int64 }
+
+type countingTransport struct {
+	rt http.RoundTripper
+	n  *countingReads
+}
+
+func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.rt.RoundTrip(r)
+	if resp != nil && resp.Body != nil {
+		resp.Body = &countingBody{resp.Body, t.n}
+	}
+	return resp, err
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *countingReads
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	k, err := b.ReadCloser.Read(p)
+	b.n.n.Add(int64(k))
+	return k, err
 }

@@ -144,10 +144,11 @@ func BenchmarkLoad(b *testing.B) {
 		{"baseline", Baseline},
 		{"workers=16,qps=200", LoadOptions{Workers: 16, QPS: 200, Burst: 400}},
 		{"workers=16,no-qps", LoadOptions{Workers: 16, QPS: -1}},
-		{"workers=16,no-qps,protobuf (fast)", Fast},
-		{"fast,status-patch", LoadOptions{Workers: 16, QPS: -1, Protobuf: true, StatusPatch: true}},
-		{"fast,workers=4", LoadOptions{Workers: 4, QPS: -1, Protobuf: true}},
-		{"fast,workers=64", LoadOptions{Workers: 64, QPS: -1, Protobuf: true}},
+		{"workers=16,no-qps,protobuf", LoadOptions{Workers: 16, QPS: -1, Protobuf: true}},
+		{"workers=16,no-qps,protobuf,status-patch", LoadOptions{Workers: 16, QPS: -1, Protobuf: true, StatusPatch: true}},
+		{"fast (the above, Services in etcd)", Fast},
+		{"fast,workers=4", LoadOptions{Workers: 4, QPS: -1, Protobuf: true, ServicesInEtcd: true}},
+		{"fast,workers=64", LoadOptions{Workers: 64, QPS: -1, Protobuf: true, ServicesInEtcd: true}},
 	}
 	for _, n := range sizes {
 		w := NewWorld(WorldOptions{Namespaces: n})
