@@ -183,12 +183,12 @@ func (e *env) analyse(ns string) *nsPlan {
 		np.risks = append(np.risks, check(e, ns, np)...)
 	}
 	np.modes = e.modeChanges(ns, plans.ModeStrict)
-	np.probes, np.gwProbes = e.probes(ns)
+	np.probes, np.gwProbes = e.probes(ns, plans.ModeStrict)
 	np.gates = append(e.stageGates(ns, np.evidence), e.plaintextGates(ns, np.evidence)...)
 	if !np.disable {
 		// A DISABLE namespace's STRICT stage follows its PERMISSIVE one,
 		// which is checked on its own (permissiveStage).
-		np.risks = append(np.risks, e.unverifiable(ns, np.evidence, e.stageProbes(np, true), np.gates)...)
+		np.risks = append(np.risks, e.unverifiable(ns, np.evidence, e.stageProbes(np, np.probes), np.gates)...)
 	}
 	sortRisks(np.risks)
 	writeFixOnce(np.risks)

@@ -67,7 +67,12 @@ func (e *env) permissiveStage(np *nsPlan) plans.Stage {
 	st.CurrentMode, st.TargetMode = plans.ModeDisable, plans.ModePermissive
 	st.Policy, st.PolicyDigest = e.policyFor(np.name, plans.ModePermissive)
 	st.Modes = e.modeChanges(np.name, plans.ModePermissive)
-	st.Probes = e.stageProbes(np, false)
+	// Its plaintext probes expect an answer on every port: PERMISSIVE must
+	// keep serving the plaintext clients a DISABLE namespace has by design
+	// (auto mTLS sends none to it), and they exercise the namespace's
+	// traffic when it is too young or too quiet for a gate to judge.
+	permissive, _ := e.probes(np.name, plans.ModePermissive)
+	st.Probes = e.stageProbes(np, permissive)
 	st.Rationale = "DISABLE today: PERMISSIVE first (it accepts plaintext and mTLS alike, so nothing a client sends is refused); STRICT comes in a later stage"
 	st.Risks = []plans.Risk{{
 		Code: CodeCurrentModeDisable, Severity: plans.SeverityInfo,
@@ -99,7 +104,7 @@ func (e *env) strictStage(np *nsPlan, pos, of, after int) plans.Stage {
 	st.Policy, st.PolicyDigest = np.policy, np.digest
 	st.Modes = np.modes
 	st.Risks = np.risks
-	st.Probes = e.stageProbes(np, true)
+	st.Probes = e.stageProbes(np, np.probes)
 	if np.disable {
 		// The PERMISSIVE stage writes the policy first, and the digest
 		// covers UIDs and creation times no plan can know before: this

@@ -230,6 +230,34 @@ func TestPlanMissingMeshConfigDefaultsRoot(t *testing.T) {
 	}
 }
 
+// TestPermissiveStageOfAQuietDisableNamespaceIsOffered: a DISABLE
+// namespace whose traffic is too thin for any gate over its window (young,
+// or quiet) still gets a PERMISSIVE stage it can carry out: its plaintext
+// probes, which expect an answer on every port after PERMISSIVE, exercise
+// the traffic no gate can judge. Without them the stage was UNVERIFIABLE
+// (blocked), and the STRICT stage after it could never be reached.
+func TestPermissiveStageOfAQuietDisableNamespaceIsOffered(t *testing.T) {
+	for _, rate := range []float64{1, 0.01} {
+		w := newWorld()
+		w.ns("legacy", true).workload("legacy", "app", true, []int32{8080}).service("legacy", "app", "", 80, 8080, "http").
+			peerAuth("legacy", "off", testNow.Add(-time.Hour), nil, apisecurity.PeerAuthentication_MutualTLS_DISABLE, nil).
+			flow("web", "web", "legacy", "app", "none", rate)
+		st := w.mustBuild(t).Stages[0]
+		if st.TargetMode != plans.ModePermissive || st.Status == plans.StatusBlocked {
+			t.Fatalf("%g/s: stage 1 = %s -> %s %s (risks %+v), want an offered PERMISSIVE stage", rate, st.CurrentMode, st.TargetMode, st.Status, st.Risks)
+		}
+		var answered bool
+		for _, pr := range st.Probes {
+			if pr.Kind == plans.ProbeHTTP && pr.Expect.Status == 200 && strings.Contains(pr.URL, ":8080") {
+				answered = true
+			}
+		}
+		if !answered {
+			t.Errorf("%g/s: PERMISSIVE stage probes %+v, want a plaintext probe of the pod's port expecting an answer", rate, st.Probes)
+		}
+	}
+}
+
 func TestPlanDisableNamespaceGoesPermissiveFirst(t *testing.T) {
 	w := newWorld()
 	w.ns("legacy", true).workload("legacy", "app", true, []int32{8080}).service("legacy", "app", "", 80, 8080, "http").

@@ -92,8 +92,12 @@ func targetPort(sp inventory.ServicePort, p *inventory.Pod) int32 {
 // plaintext already before the stage gets none: the stage does not change
 // it, and its pre-check (an answer before the change) could never pass.
 // Pod IPs go stale: the executor checks each probe before the change.
-func (e *env) probes(ns string) (plaintext, gateway []plans.Probe) {
-	after := e.after(ns, plans.ModeStrict)
+// target is the mode the stage writes: STRICT, or PERMISSIVE for the first
+// stage of a namespace that is DISABLE today, whose plaintext probes then
+// all expect an answer (PERMISSIVE keeps the plaintext clients working,
+// and that is what the stage must show).
+func (e *env) probes(ns string, target plans.Mode) (plaintext, gateway []plans.Probe) {
+	after := e.after(ns, target)
 	byName := map[string]*workload{}
 	for _, w := range e.workloads(ns) {
 		byName[w.name] = w
@@ -158,11 +162,8 @@ func (e *env) probes(ns string) (plaintext, gateway []plans.Probe) {
 
 // stageProbes caps the probes: gateway ones first (they prove the
 // namespace still serves), then plaintext ones.
-func (e *env) stageProbes(np *nsPlan, strict bool) []plans.Probe {
-	out := append([]plans.Probe(nil), np.gwProbes...)
-	if strict {
-		out = append(out, np.probes...)
-	}
+func (e *env) stageProbes(np *nsPlan, plaintext []plans.Probe) []plans.Probe {
+	out := append(append([]plans.Probe(nil), np.gwProbes...), plaintext...)
 	if len(out) > e.opts.MaxProbes {
 		out = out[:e.opts.MaxProbes]
 	}
