@@ -37,7 +37,7 @@ func TestKustomizeRendersTheCronJobSafely(t *testing.T) {
 		}
 	}
 	checkRolesNameWhatTheyGrant(t, roles)
-	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "CronJob", "ConfigMap"} {
+	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "CronJob"} {
 		if kinds[k] == nil {
 			t.Errorf("rendered output has no %s", k)
 		}
@@ -45,14 +45,14 @@ func TestKustomizeRendersTheCronJobSafely(t *testing.T) {
 	cj, _ := yaml.Marshal(kinds["CronJob"])
 	for _, want := range []string{
 		"concurrencyPolicy: Forbid", "sidecar.istio.io/inject: \"false\"", "runAsNonRoot: true",
-		"readOnlyRootFilesystem: true", "- ALL", "configmap:mtls-migrate/mtls-migrate-plan/plan.yaml", "--next", "--allowed-window",
+		"readOnlyRootFilesystem: true", "- ALL", "configmap:mtls-migrate/mtls-migrate-plan\n", "--next", "--allowed-window",
 	} {
 		if !strings.Contains(string(cj), want) {
 			t.Errorf("CronJob lacks %q", want)
 		}
 	}
-	if name := kinds["ConfigMap"]["metadata"].(map[string]any)["name"]; name != "mtls-migrate-plan" {
-		t.Errorf("plan ConfigMap is named %v (a hash suffix would break the CronJob's reference)", name)
+	if kinds["ConfigMap"] != nil {
+		t.Errorf("the kustomization renders a ConfigMap %v: the plan goes through `plan publish` (ConfigMaps under the API's limits), not into a manifest", kinds["ConfigMap"]["metadata"])
 	}
 	rbac, _ := yaml.Marshal(kinds["ClusterRole"])
 	if strings.Contains(string(rbac), "secrets") || strings.Contains(string(rbac), "configmaps") || strings.Contains(string(rbac), "'*'") {

@@ -76,7 +76,7 @@ the snapshot by itself and exits 3.`,
   mtls-migrate apply --plan plan.yaml --stage 1 --soak 10m
 
   # What the CronJob runs: the next stage, from the reviewed plan in a ConfigMap
-  mtls-migrate apply --plan configmap:mtls-migrate/mtls-migrate-plan/plan.yaml --next \
+  mtls-migrate apply --plan configmap:mtls-migrate/mtls-migrate-plan --next \
     --allowed-window "Mon-Fri 09:00-16:00 Europe/Berlin"`,
 		Args: cobra.NoArgs,
 		RunE: runE(o, runF),
