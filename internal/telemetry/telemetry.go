@@ -1,20 +1,42 @@
 // Package telemetry reads the Istio standard metrics the planner needs from
 // a Prometheus-compatible API (Prometheus, Thanos, Mimir, VictoriaMetrics) in
-// three queries whatever the size of the mesh: traffic aggregated by
-// namespace pair, the plaintext flows in detail, and the Istio version. Only
-// standard PromQL is used (subqueries, timestamp(), label_replace: all four
-// support them). Warnings and infos in the answers are surfaced, never
-// dropped.
+// four queries whatever the size of the mesh: mutual-TLS traffic by
+// namespace pair, the plaintext flows in detail, the Istio version, and
+// which namespaces report. Only standard PromQL is used (offset, subqueries,
+// timestamp(), label_replace, group: all four support them). Warnings and
+// infos in the answers are surfaced, never dropped.
 //
-// # Totals computed by the server
+// # Totals computed by the server, at the cost the decision needs
 //
-// The traffic queries are instant queries at the end of the window,
-// sum by (...) (increase(metric{...}[window])): one point per output series,
-// so what crosses the network and is decoded grows with the namespace pairs
-// and the plaintext flows, not with the window (the range queries of 168
-// steps that came before cost 14 s of HTTP and JSON decoding at 2,000
-// namespaces, see BenchmarkFetch). The detail keeps only flows with an
-// increase > 0 and adds one series per flow, mm_kind="last_seen": when its
+// The traffic queries are instant queries at the end of the window: one
+// point per output series, so what crosses the network and is decoded grows
+// with the namespace pairs and the plaintext flows, not with the window (the
+// range queries of 168 steps that came before cost 14 s of HTTP and JSON
+// decoding at 2,000 namespaces, see BenchmarkFetch).
+//
+// What Prometheus spends answering them is another matter: increase over a
+// week reads every raw sample of every series it selects (about 20,000 a
+// series at a 30s scrape), 12.5 M samples/s on our machines, so over a
+// whole mesh it passes the default 30s timeout near 9,000 flows. Only
+// plaintext needs that exactness (a flow seen once in the week blocks its
+// namespace), and plaintext is a small part of the series. So:
+//
+//   - mutual TLS (the aggregate), which only sizes stages, orders them and
+//     tells gates how much traffic to expect, is read at the window's two
+//     ends (istiometrics.GrowthBy: a series' value now less its value a
+//     window ago, or all of it when it began in the window or was reset):
+//     three instant selectors instead of every sample, 15-20 times cheaper
+//     on the sandbox's real Prometheus (sandbox/README.md). Traffic of
+//     series gone before the end (deleted pods) is not in it: a lower
+//     bound, the reading that asks for more evidence, not less;
+//   - plaintext (the detail) is exact: increase over the window, by flow,
+//     of the destinations' non-mTLS reports only, with > 0 so the answer
+//     grows with the plaintext, not with the mesh; the plaintext totals,
+//     sources and reporting of a namespace are summed from these flows;
+//   - which namespaces report (for "no telemetry" risks) is one point a
+//     series now (istiometrics.PresentBy), plus the flows above.
+//
+// The detail adds one series per flow, mm_kind="last_seen": when its
 // counters last rose (istiometrics.LastRiseBy), i.e. the latest step of a
 // subquery over the window at which their increase over step+5m was
 // positive, or the evaluation time if they rose within the last step+5m.
@@ -28,30 +50,34 @@
 // samples a single query can load into memory", its flag help) counts the
 // samples a query holds at once. What the engine holds (promql/engine.go,
 // 2.x to 3.x; estimates, to be checked against that source and measured):
-// a range-vector function such as increase walks the selected series one
-// at a time, holding one series' samples in its
-// range (matrixIterSlice) plus the output so far; an aggregation holds its
-// whole argument (every input series at every step) and then only its
-// result; a subquery holds its inner result (series x steps). So:
+// an instant selector holds one point per series; a range-vector function
+// such as increase walks the selected series one at a time, holding one
+// series' samples in its range (matrixIterSlice) plus the output so far; an
+// aggregation holds its whole argument (every input series at every step)
+// and then only its result; a subquery holds its inner result (series x
+// steps). So:
 //
-//   - the aggregate holds one series' week (40,320 samples at a 15s
-//     scrape) and one point per input series: far below the limit at any
-//     mesh size (the 168-step range query held 168 points per input series);
-//   - the plaintext totals, the same over plaintext series only;
+//   - the aggregate holds one point per input series for each of its
+//     selectors (three per metric): far below the limit at any mesh size;
+//   - the plaintext totals, one series' week (40,320 samples at a 15s
+//     scrape) and one point per plaintext input series;
 //   - the last-seen subquery holds, for each metric in turn, every plaintext
 //     input series at MaxSteps steps (168 points), then the flows at 168
 //     points each: the limit is reached near 300,000 plaintext input series
 //     (pod and response-code labels included), a query error that says to
 //     restrict --namespaces;
-//   - with Steps = n, the aggregation holds n points per input series.
+//   - the reporting query, one point per series;
+//   - with Steps = n, the aggregate and the detail hold n points per input
+//     series.
 //
 // Mimir (-querier.max-samples), Thanos' querier and VictoriaMetrics
 // (-search.maxSamplesPerQuery, 1e9) have limits of the same kind; Mimir
 // and Thanos also limit series and chunks fetched per query, which count the
-// raw data read and so are the same for both shapes, except that a
-// query-frontend splits a range query by day (Options.Steps) and an instant
-// one not at all, as far as I know (Mimir has an experimental instant-query
-// splitting I have not checked).
+// raw data read: the aggregate's instant selectors fetch a chunk or two per
+// series where increase fetched the week's. A query-frontend splits a range
+// query by day (Options.Steps) and an instant one not at all, as far as I
+// know (Mimir has an experimental instant-query splitting I have not
+// checked).
 package telemetry
 
 import (
@@ -187,7 +213,8 @@ func span(o Options) (time.Duration, int) {
 
 // The groupings of the two traffic queries.
 var (
-	aggregateBy = istiometrics.Grouping(istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelSourceWorkloadNamespace, istiometrics.LabelConnectionSecurityPolicy)
+	aggregateBy = istiometrics.Grouping(istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelSourceWorkloadNamespace)
+	reportingBy = istiometrics.Grouping(istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelSourceWorkloadNamespace)
 	detailBy    = istiometrics.Grouping(istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelDestinationWorkload, istiometrics.LabelSourceWorkload, istiometrics.LabelSourceWorkloadNamespace, istiometrics.LabelSourcePrincipal)
 )
 
@@ -211,10 +238,14 @@ var (
 	detailMetrics    = aggregateMetrics
 )
 
-// Queries returns the PromQL queries Fetch runs, in order: aggregate
-// traffic, plaintext flows, Istio version. The first two are instant
-// queries at the end of the window by default, range queries with
-// o.Steps > 1; the version is an instant query.
+// QueryNames name the queries of Queries, in order, for messages.
+var QueryNames = []string{"aggregate traffic", "plaintext flows", "istio version", "reporting"}
+
+// Queries returns the PromQL queries Fetch runs, in order (QueryNames):
+// mutual-TLS traffic by namespace pair, plaintext flows, Istio version,
+// reporting namespaces. The first two are instant queries at the end of
+// the window by default, range queries with o.Steps > 1; the last two are
+// instant queries.
 func Queries(o Options) []string {
 	r, _ := span(o)
 	rng := model.Duration(r).String()
@@ -236,14 +267,13 @@ func Queries(o Options) []string {
 		}
 		return parts
 	}
-	aggSel := istiometrics.Selector(istiometrics.OneOf(istiometrics.LabelReporter, []string{istiometrics.ReporterSource, istiometrics.ReporterDestination}), dst)
-	if src != "" {
-		// Restricted: traffic into the namespaces, or reported by them as clients.
-		aggSel = istiometrics.Selector(istiometrics.ByDestination, dst)
-	}
-	agg := totals(aggregateMetrics, aggregateBy, aggSel, "")
-	if src != "" {
-		agg = append(agg, totals(aggregateMetrics, aggregateBy, istiometrics.Selector(istiometrics.BySource, src), "")...)
+	// Mutual TLS only sizes stages and gates: its growth, two points a
+	// series (see the package comment). Plaintext is counted exactly by
+	// the detail below.
+	aggSel := istiometrics.Selector(istiometrics.ByDestination, istiometrics.Eq(istiometrics.LabelConnectionSecurityPolicy, istiometrics.MutualTLS), dst)
+	var agg []string
+	for _, m := range aggregateMetrics {
+		agg = append(agg, kind(istiometrics.GrowthBy(m.name, aggSel, aggregateBy, rng), m.kind))
 	}
 	// Classified on the destination's report (see istiometrics.DestinationPlaintext).
 	// Only flows with traffic in the window: the answer grows with the
@@ -256,7 +286,13 @@ func Queries(o Options) []string {
 	}
 	detail = append(detail, kind(istiometrics.LastRiseBy(names, detailSel, detailBy, rng, model.Duration(step).String(), model.Duration(step+scrapeMargin).String()), kindLastSeen))
 	version := fmt.Sprintf(`count by (%s) (%s)`, istiometrics.Grouping(istiometrics.LabelComponent, istiometrics.LabelTag), istiometrics.Build)
-	return []string{strings.Join(agg, " or "), strings.Join(detail, " or "), version}
+	reportSels := []string{istiometrics.OneOf(istiometrics.LabelReporter, []string{istiometrics.ReporterSource, istiometrics.ReporterDestination})}
+	if src != "" {
+		// Restricted: traffic into the namespaces, or reported by them as clients.
+		reportSels = []string{istiometrics.Selector(istiometrics.ByDestination, dst), istiometrics.Selector(istiometrics.BySource, src)}
+	}
+	reporting := istiometrics.PresentBy(names, reportSels, reportingBy)
+	return []string{strings.Join(agg, " or "), strings.Join(detail, " or "), version, reporting}
 }
 
 // Fetch runs the queries and parses the answers.
@@ -273,7 +309,7 @@ func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, err
 	qs := Queries(o)
 	res := &Result{Window: o.Window, Step: Step(o.Window), Queries: qs, Inbound: map[string]*Traffic{}, Reporting: map[string]bool{}}
 
-	names := []string{"aggregate traffic", "plaintext flows", "istio version"}
+	names := QueryNames
 	for i, query := range qs {
 		var (
 			val   model.Value
@@ -306,11 +342,14 @@ func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, err
 			err = res.parseDetail(val, ranged, end)
 		case 2:
 			err = res.parseVersion(val)
+		case 3:
+			err = res.parseReporting(val)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s from Prometheus at %s: %w", names[i], o.URL, err)
 		}
 	}
+	res.addPlaintext()
 	return res, nil
 }
 
@@ -395,19 +434,10 @@ func (r *Result) inbound(ns string) *Traffic {
 	return t
 }
 
+// parseAggregate reads the mutual-TLS growth by namespace pair.
 func (r *Result) parseAggregate(v model.Value, ranged bool) error {
 	return eachSeries(v, ranged, func(l model.Metric, total, _ float64) {
 		dst, src := string(l[istiometrics.LabelDestinationWorkloadNamespace]), string(l[istiometrics.LabelSourceWorkloadNamespace])
-		switch string(l[istiometrics.LabelReporter]) {
-		case istiometrics.ReporterSource:
-			if src != "" && src != Unknown {
-				r.Reporting[src] = true
-			}
-			return
-		case istiometrics.ReporterDestination:
-		default:
-			return
-		}
 		if dst == "" || dst == Unknown {
 			return
 		}
@@ -416,28 +446,53 @@ func (r *Result) parseAggregate(v model.Value, ranged bool) error {
 		if src != "" && src != Unknown && src != dst && total > 0 {
 			t.Sources[src] = struct{}{}
 		}
-		mtls := string(l[istiometrics.LabelConnectionSecurityPolicy]) == istiometrics.MutualTLS
 		switch string(l[kindLabel]) {
 		case kindRequests:
-			if mtls {
-				t.MTLSRequests += total
-			} else {
-				t.PlaintextRequests += total
-			}
+			t.MTLSRequests += total
 		case kindConnections:
-			if mtls {
-				t.MTLSConnections += total
-			} else {
-				t.PlaintextConnections += total
-			}
+			t.MTLSConnections += total
 		case kindBytes:
-			if mtls {
-				t.MTLSBytes += total
-			} else {
-				t.PlaintextBytes += total
-			}
+			t.MTLSBytes += total
 		}
 	})
+}
+
+// parseReporting reads which namespaces' proxies report now, as
+// destination or as source.
+func (r *Result) parseReporting(v model.Value) error {
+	vec, ok := v.(model.Vector)
+	if !ok {
+		return &istiometrics.UnusableAnswerError{Got: istiometrics.TypeOf(v), Want: "an instant vector"}
+	}
+	for _, s := range vec {
+		ns := string(s.Metric[istiometrics.LabelDestinationWorkloadNamespace])
+		if string(s.Metric[istiometrics.LabelReporter]) == istiometrics.ReporterSource {
+			ns = string(s.Metric[istiometrics.LabelSourceWorkloadNamespace])
+		}
+		if ns != "" && ns != Unknown {
+			r.Reporting[ns] = true
+		}
+	}
+	return nil
+}
+
+// addPlaintext counts the plaintext flows, exact over the window, into
+// their destination's totals, sources and reporting.
+func (r *Result) addPlaintext() {
+	for _, f := range r.Plaintext {
+		dst := f.DestinationNamespace
+		if dst == "" || dst == Unknown {
+			continue
+		}
+		r.Reporting[dst] = true
+		t := r.inbound(dst)
+		t.PlaintextRequests += f.Requests
+		t.PlaintextConnections += f.Connections
+		t.PlaintextBytes += f.Bytes
+		if src := f.SourceNamespace; src != "" && src != Unknown && src != dst {
+			t.Sources[src] = struct{}{}
+		}
+	}
 }
 
 // parseDetail reads the plaintext flows: their totals, and their last-seen

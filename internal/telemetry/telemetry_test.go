@@ -37,20 +37,26 @@ func TestStepKeepsQueriesSmall(t *testing.T) {
 }
 
 // The queries a plan runs by default, verbatim: totals and last-seen times
-// computed by Prometheus, one point per series.
+// computed by Prometheus, one point per series; mutual TLS read at the
+// window's two ends, plaintext over every sample.
 func TestQueriesAreInstantTotalsOverTheWindow(t *testing.T) {
 	plain := `{reporter="destination",connection_security_policy!="mutual_tls"}`
 	flow := "destination_workload_namespace, destination_workload, source_workload, source_workload_namespace, source_principal"
 	rose := `sum by (` + flow + `) (increase(istio_requests_total` + plain + `[1h5m])) > 0 or sum by (` + flow + `) (increase(istio_tcp_connections_opened_total` + plain + `[1h5m])) > 0 or sum by (` + flow + `) (increase(istio_tcp_received_bytes_total` + plain + `[1h5m])) > 0`
+	growth := func(m string) string {
+		s := m + `{reporter="destination",connection_security_policy="mutual_tls"}`
+		return `sum by (destination_workload_namespace, source_workload_namespace) (((` + s + ` - ` + s + ` offset 1w) >= 0) or ` + s + `)`
+	}
 	want := []string{
-		`label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_requests_total{reporter=~"source|destination"}[1w])), "mm_kind", "requests", "", "")` +
-			` or label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_tcp_connections_opened_total{reporter=~"source|destination"}[1w])), "mm_kind", "connections", "", "")` +
-			` or label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_tcp_received_bytes_total{reporter=~"source|destination"}[1w])), "mm_kind", "bytes", "", "")`,
+		`label_replace(` + growth("istio_requests_total") + `, "mm_kind", "requests", "", "")` +
+			` or label_replace(` + growth("istio_tcp_connections_opened_total") + `, "mm_kind", "connections", "", "")` +
+			` or label_replace(` + growth("istio_tcp_received_bytes_total") + `, "mm_kind", "bytes", "", "")`,
 		`label_replace(sum by (` + flow + `) (increase(istio_requests_total` + plain + `[1w])) > 0, "mm_kind", "requests", "", "")` +
 			` or label_replace(sum by (` + flow + `) (increase(istio_tcp_connections_opened_total` + plain + `[1w])) > 0, "mm_kind", "connections", "", "")` +
 			` or label_replace(sum by (` + flow + `) (increase(istio_tcp_received_bytes_total` + plain + `[1w])) > 0, "mm_kind", "bytes", "", "")` +
 			` or label_replace(timestamp(` + rose + `) or max_over_time(timestamp(` + rose + `)[1w:1h]), "mm_kind", "last_seen", "", "")`,
 		`count by (component, tag) (istio_build)`,
+		`group by (reporter, destination_workload_namespace, source_workload_namespace) (istio_requests_total{reporter=~"source|destination"} or istio_tcp_connections_opened_total{reporter=~"source|destination"} or istio_tcp_received_bytes_total{reporter=~"source|destination"})`,
 	}
 	got := Queries(Options{Window: week})
 	if len(got) != len(want) {
@@ -65,7 +71,7 @@ func TestQueriesAreInstantTotalsOverTheWindow(t *testing.T) {
 
 func TestQueriesWithStepsSpanOneStepEach(t *testing.T) {
 	qs := Queries(Options{Window: week, Steps: 7})
-	if !strings.Contains(qs[0], "[1d]") || strings.Contains(qs[0], "[1w]") {
+	if !strings.Contains(qs[0], "offset 1d)") || strings.Contains(qs[0], "1w") {
 		t.Errorf("aggregate does not span a day per step: %s", qs[0])
 	}
 	if !strings.Contains(qs[1], "[1d]") || !strings.Contains(qs[1], "[1d:1h]") || !strings.Contains(qs[1], "[1h5m]") {
@@ -75,11 +81,16 @@ func TestQueriesWithStepsSpanOneStepEach(t *testing.T) {
 
 func TestQueriesEscapeNamespaces(t *testing.T) {
 	qs := Queries(Options{Window: week, Namespaces: []string{`bad"ns`}})
-	if len(qs) != 3 {
+	if len(qs) != 4 {
 		t.Fatalf("%d queries", len(qs))
 	}
+	for _, q := range []string{qs[0], qs[1], qs[3]} {
+		if !strings.Contains(q, `=~"bad\"ns"`) {
+			t.Errorf("query not escaped: %s", q)
+		}
+	}
 	for _, q := range qs[:2] {
-		if !strings.Contains(q, `=~"bad\"ns"`) || !strings.Contains(q, "[1w]") {
+		if !strings.Contains(q, `=~"bad\"ns"`) || !strings.Contains(q, "1w") {
 			t.Errorf("query not escaped or not over the window: %s", q)
 		}
 	}
@@ -209,7 +220,7 @@ func TestFetchTotalsAndLastSeenWithAndWithoutSteps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if steps == 0 && (q.instant != 3 || q.ranged != 0) || steps == 7 && (q.instant != 1 || q.ranged != 2 || q.step != 24*time.Hour) {
+		if steps == 0 && (q.instant != 4 || q.ranged != 0) || steps == 7 && (q.instant != 2 || q.ranged != 2 || q.step != 24*time.Hour) {
 			t.Errorf("steps %d: %d instant, %d range queries of step %s", steps, q.instant, q.ranged, q.step)
 		}
 		in := res.Inbound["orders"]

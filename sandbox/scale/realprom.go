@@ -106,7 +106,7 @@ type productQuery struct {
 // telemetry's Steps=7, range queries of a day's steps for a query-frontend)
 // and status' plaintext-rate query, at end.
 func productQueries(window time.Duration, end time.Time) []productQuery {
-	names := []string{"aggregate traffic", "plaintext flows", "istio version"}
+	names := telemetry.QueryNames
 	var out []productQuery
 	for i, q := range telemetry.Queries(telemetry.Options{Window: window, Now: end}) {
 		out = append(out, productQuery{name: "plan: " + names[i], query: q, at: end})

@@ -126,6 +126,8 @@ var (
 	rangeRE     = regexp.MustCompile(`\[([0-9][0-9a-z]*)\]`)
 	reportersRE = regexp.MustCompile(`reporter=~"([a-z|]*)"`)
 	subqueryRE  = regexp.MustCompile(`\[([0-9][0-9a-z]*):([0-9][0-9a-z]*)\]`)
+	offsetRE    = regexp.MustCompile(` offset ([0-9][0-9a-z]*)\)`)
+	groupRE     = regexp.MustCompile(`^group by \(([a-z_, ]*)\) \((.*)\)$`)
 	metricsOf   = map[string]string{istiometrics.RequestsTotal: "requests", istiometrics.TCPConnectionsOpened: "connections", istiometrics.TCPReceivedBytes: "bytes"}
 )
 
@@ -137,6 +139,7 @@ type term struct {
 	rng     time.Duration // of its increase
 	reps    map[string]bool
 	plain   bool // connection_security_policy!="mutual_tls"
+	mtls    bool // connection_security_policy="mutual_tls"
 	filter  bool // "> 0"
 	lastAt  bool // timestamp(...) or max_over_time(timestamp(...)[sub:subStep])
 	sub     time.Duration
@@ -150,10 +153,15 @@ func parseTerms(q string) ([]term, error) {
 		m := kindRE.FindStringSubmatch(part)
 		by := byRE.FindStringSubmatch(part)
 		rng := rangeRE.FindStringSubmatch(part)
+		if off := offsetRE.FindStringSubmatch(part); off != nil && !strings.Contains(part, "timestamp(") {
+			// istiometrics.GrowthBy: counters rise from zero at their
+			// start, so their growth over the offset is their increase.
+			rng = off
+		}
 		if m == nil || by == nil || rng == nil {
 			return nil, &v1.Error{Type: v1.ErrBadData, Msg: fmt.Sprintf("telemetrytest: cannot read %q", part)}
 		}
-		t := term{kind: m[1], kinds: map[string]bool{}, reps: map[string]bool{}, plain: strings.Contains(part, istiometrics.NotMutualTLS), filter: strings.Contains(part, ") > 0")}
+		t := term{kind: m[1], kinds: map[string]bool{}, reps: map[string]bool{}, plain: strings.Contains(part, istiometrics.NotMutualTLS), mtls: strings.Contains(part, istiometrics.Eq(istiometrics.LabelConnectionSecurityPolicy, istiometrics.MutualTLS)), filter: strings.Contains(part, ") > 0")}
 		for _, l := range strings.Split(by[1], ", ") {
 			t.by = append(t.by, model.LabelName(l))
 		}
@@ -213,9 +221,12 @@ func (f *Fake) answer(q string, times []time.Time, ranged bool) (model.Value, er
 		v   model.Value
 		err error
 	)
-	if strings.Contains(q, istiometrics.Build) {
+	switch {
+	case strings.Contains(q, istiometrics.Build):
 		v = f.versions(times, ranged)
-	} else {
+	case groupRE.MatchString(q):
+		v, err = f.present(q, times, ranged)
+	default:
 		v, err = f.traffic(q, times, ranged)
 	}
 	if err != nil {
@@ -279,7 +290,7 @@ func (f *Fake) traffic(q string, times []time.Time, ranged bool) (model.Value, e
 			if rep == istiometrics.ReporterSource {
 				csp = istiometrics.Unknown // only the destination knows
 			}
-			if !t.kinds[or(fl.Kind, "requests")] || !t.reps[rep] || (t.plain && csp == istiometrics.MutualTLS) {
+			if !t.kinds[or(fl.Kind, "requests")] || !t.reps[rep] || (t.plain && csp == istiometrics.MutualTLS) || (t.mtls && csp != istiometrics.MutualTLS) {
 				continue
 			}
 			kb.Reset()
@@ -343,6 +354,47 @@ func (f *Fake) traffic(q string, times []time.Time, ranged bool) (model.Value, e
 	}
 	if ranged {
 		return mat, nil
+	}
+	return vec, nil
+}
+
+// present answers istiometrics.PresentBy: 1 for each group of the flows
+// whose series exist at the (instant) query's time.
+func (f *Fake) present(q string, times []time.Time, ranged bool) (model.Value, error) {
+	g := groupRE.FindStringSubmatch(q)
+	if ranged || len(times) != 1 {
+		return nil, &v1.Error{Type: v1.ErrBadData, Msg: "telemetrytest: a presence query must be an instant query"}
+	}
+	var by []model.LabelName
+	for _, l := range strings.Split(g[1], ", ") {
+		by = append(by, model.LabelName(l))
+	}
+	reps := map[string]bool{}
+	for _, rep := range []string{istiometrics.ReporterSource, istiometrics.ReporterDestination} {
+		if strings.Contains(g[2], istiometrics.Eq(istiometrics.LabelReporter, rep)) || strings.Contains(g[2], "|"+rep) || strings.Contains(g[2], rep+"|") {
+			reps[rep] = true
+		}
+	}
+	seen := map[string]bool{}
+	var vec model.Vector
+	for _, fl := range f.Flows {
+		rep := or(fl.Reporter, istiometrics.ReporterDestination)
+		csp := fl.CSP
+		if rep == istiometrics.ReporterSource {
+			csp = istiometrics.Unknown
+		}
+		if !reps[rep] {
+			continue // every flow's series exists until the query's time
+		}
+		m := model.Metric{}
+		for _, l := range by {
+			m[l] = lv(labelOf(fl, rep, csp, l))
+		}
+		if seen[m.String()] {
+			continue
+		}
+		seen[m.String()] = true
+		vec = append(vec, &model.Sample{Metric: m, Value: 1, Timestamp: ms(times[0])})
 	}
 	return vec, nil
 }
