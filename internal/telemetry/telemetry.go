@@ -1,8 +1,8 @@
 // Package telemetry reads the Istio standard metrics the planner needs from
 // a Prometheus-compatible API (Prometheus, Thanos, Mimir, VictoriaMetrics) in
-// four queries whatever the size of the mesh: mutual-TLS traffic by
-// namespace pair, the plaintext flows in detail, the Istio version, and
-// which namespaces report. Only standard PromQL is used (offset, subqueries,
+// six queries whatever the size of the mesh, sent at once: mutual-TLS
+// traffic by namespace pair (in AggregateShards shards), the plaintext
+// flows in detail, the Istio version, and which namespaces report. Only standard PromQL is used (offset, subqueries,
 // timestamp(), label_replace, group: all four support them). Warnings and
 // infos in the answers are surfaced, never dropped.
 //
@@ -25,10 +25,15 @@
 //     tells gates how much traffic to expect, is read at the window's two
 //     ends (istiometrics.GrowthBy: a series' value now less its value a
 //     window ago, or all of it when it began in the window or was reset):
-//     three instant selectors instead of every sample, 15-20 times cheaper
-//     on the sandbox's real Prometheus (sandbox/README.md). Traffic of
-//     series gone before the end (deleted pods) is not in it: a lower
-//     bound, the reading that asks for more evidence, not less;
+//     three instant selectors instead of every sample (sandbox/README.md
+//     has the measurements). Traffic of series gone before the end
+//     (deleted pods) is not in it: a lower bound, the reading that asks
+//     for more evidence, not less. Its cost is then no longer the samples
+//     but the series times the blocks the window spans (each selector
+//     looks every series up in every block the query's range touches), so
+//     it is split by destination namespace into AggregateShards queries
+//     sent together: each is a third of the work, and Prometheus runs
+//     them on separate cores;
 //   - plaintext (the detail) is exact: increase over the window, by flow,
 //     of the destinations' non-mTLS reports only, with > 0 so the answer
 //     grows with the plaintext, not with the mesh; the plaintext totals,
@@ -87,6 +92,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
@@ -238,14 +244,45 @@ var (
 	detailMetrics    = aggregateMetrics
 )
 
+// AggregateShards is how many queries the aggregate is split into, by
+// the last character of the destination namespace (see shardMatchers):
+// its cost on Prometheus grows with the mutual-TLS series, and Fetch sends
+// the shards at once, so each stays within the per-query timeout on a
+// mesh three times larger and Prometheus spreads them over its cores.
+const AggregateShards = 3
+
 // QueryNames name the queries of Queries, in order, for messages.
-var QueryNames = []string{"aggregate traffic", "plaintext flows", "istio version", "reporting"}
+var QueryNames = []string{"aggregate traffic 1/3", "aggregate traffic 2/3", "aggregate traffic 3/3", "plaintext flows", "istio version", "reporting"}
+
+// Ranged says whether query i of Queries is a range query when
+// Options.Steps > 1 (the aggregate's shards and the plaintext flows).
+func Ranged(i int) bool { return i <= AggregateShards }
+
+// shardMatchers partition the destination namespaces into n sets by the
+// last character of their name (Kubernetes names end in [a-z0-9]; those
+// 36 characters are dealt round-robin, so numbered and random-suffixed
+// names spread evenly): the first n-1 match one set each and the last
+// matches everything else, so every series, whatever its label holds, is
+// in exactly one shard.
+func shardMatchers(n int) []string {
+	const alnum = "0123456789abcdefghijklmnopqrstuvwxyz"
+	sets := make([]string, n)
+	for i, c := range alnum {
+		sets[i%n] += string(c)
+	}
+	out := make([]string, n)
+	for i := 0; i < n-1; i++ {
+		out[i] = istiometrics.Re(istiometrics.LabelDestinationWorkloadNamespace, ".*["+sets[i]+"]")
+	}
+	out[n-1] = istiometrics.NotRe(istiometrics.LabelDestinationWorkloadNamespace, ".*["+strings.Join(sets[:n-1], "")+"]")
+	return out
+}
 
 // Queries returns the PromQL queries Fetch runs, in order (QueryNames):
-// mutual-TLS traffic by namespace pair, plaintext flows, Istio version,
-// reporting namespaces. The first two are instant queries at the end of
-// the window by default, range queries with o.Steps > 1; the last two are
-// instant queries.
+// mutual-TLS traffic by namespace pair (AggregateShards queries), plaintext
+// flows, Istio version, reporting namespaces. The aggregate and the flows
+// are instant queries at the end of the window by default, range queries
+// with o.Steps > 1 (Ranged); the last two are instant queries.
 func Queries(o Options) []string {
 	r, _ := span(o)
 	rng := model.Duration(r).String()
@@ -270,10 +307,14 @@ func Queries(o Options) []string {
 	// Mutual TLS only sizes stages and gates: its growth, two points a
 	// series (see the package comment). Plaintext is counted exactly by
 	// the detail below.
-	aggSel := istiometrics.Selector(istiometrics.ByDestination, istiometrics.Eq(istiometrics.LabelConnectionSecurityPolicy, istiometrics.MutualTLS), dst)
-	var agg []string
-	for _, m := range aggregateMetrics {
-		agg = append(agg, kind(istiometrics.GrowthBy(m.name, aggSel, aggregateBy, rng), m.kind))
+	var out []string
+	for _, shard := range shardMatchers(AggregateShards) {
+		aggSel := istiometrics.Selector(istiometrics.ByDestination, istiometrics.Eq(istiometrics.LabelConnectionSecurityPolicy, istiometrics.MutualTLS), dst, shard)
+		var agg []string
+		for _, m := range aggregateMetrics {
+			agg = append(agg, kind(istiometrics.GrowthBy(m.name, aggSel, aggregateBy, rng), m.kind))
+		}
+		out = append(out, strings.Join(agg, " or "))
 	}
 	// Classified on the destination's report (see istiometrics.DestinationPlaintext).
 	// Only flows with traffic in the window: the answer grows with the
@@ -292,7 +333,7 @@ func Queries(o Options) []string {
 		reportSels = []string{istiometrics.Selector(istiometrics.ByDestination, dst), istiometrics.Selector(istiometrics.BySource, src)}
 	}
 	reporting := istiometrics.PresentBy(names, reportSels, reportingBy)
-	return []string{strings.Join(agg, " or "), strings.Join(detail, " or "), version, reporting}
+	return append(out, strings.Join(detail, " or "), version, reporting)
 }
 
 // Fetch runs the queries and parses the answers.
@@ -309,44 +350,71 @@ func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, err
 	qs := Queries(o)
 	res := &Result{Window: o.Window, Step: Step(o.Window), Queries: qs, Inbound: map[string]*Traffic{}, Reporting: map[string]bool{}}
 
-	names := QueryNames
+	// All at once: Prometheus evaluates each query on one core, and the
+	// aggregate's shards cost about the same.
+	type answer struct {
+		val   model.Value
+		warns v1.Warnings
+		infos v1.Infos
+		err   error
+	}
+	answers := make([]answer, len(qs))
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
 	for i, query := range qs {
-		var (
-			val   model.Value
-			warns v1.Warnings
-			infos v1.Infos
-			err   error
-		)
-		ranged := i < 2 && points > 1
-		if ranged {
-			val, warns, infos, err = istiometrics.Range(ctx, q, query, rng, o.Timeout)
-		} else {
-			val, warns, infos, err = istiometrics.Instant(ctx, q, query, end, o.Timeout)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := &answers[i]
+			if Ranged(i) && points > 1 {
+				a.val, a.warns, a.infos, a.err = istiometrics.Range(qctx, q, query, rng, o.Timeout)
+			} else {
+				a.val, a.warns, a.infos, a.err = istiometrics.Instant(qctx, q, query, end, o.Timeout)
+			}
+			if a.err != nil {
+				cancel() // the others are of no use now
+			}
+		}()
+	}
+	wg.Wait()
+	// The first error in query order, not one caused by its cancelling
+	// the others.
+	for i := range answers {
+		if err := answers[i].err; err != nil && !(errors.Is(err, context.Canceled) && ctx.Err() == nil) {
+			return nil, queryError(o, QueryNames[i], err)
 		}
-		if err != nil {
-			return nil, queryError(o, names[i], err)
+	}
+	for i := range answers {
+		if err := answers[i].err; err != nil {
+			return nil, queryError(o, QueryNames[i], err)
 		}
-		if len(warns) > 0 {
+	}
+	for i, a := range answers {
+		name := QueryNames[i]
+		if len(a.warns) > 0 {
 			res.Partial = true
 		}
-		for _, w := range warns {
-			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus warning (%s): %s", names[i], w))
+		for _, w := range a.warns {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus warning (%s): %s", name, w))
 		}
-		for _, in := range infos {
-			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus info (%s): %s", names[i], in))
+		for _, in := range a.infos {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus info (%s): %s", name, in))
 		}
-		switch i {
-		case 0:
-			err = res.parseAggregate(val, ranged)
-		case 1:
-			err = res.parseDetail(val, ranged, end)
-		case 2:
-			err = res.parseVersion(val)
-		case 3:
-			err = res.parseReporting(val)
+		ranged := Ranged(i) && points > 1
+		var err error
+		switch {
+		case i < AggregateShards:
+			err = res.parseAggregate(a.val, ranged)
+		case i == AggregateShards:
+			err = res.parseDetail(a.val, ranged, end)
+		case i == AggregateShards+1:
+			err = res.parseVersion(a.val)
+		default:
+			err = res.parseReporting(a.val)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s from Prometheus at %s: %w", names[i], o.URL, err)
+			return nil, fmt.Errorf("%s from Prometheus at %s: %w", name, o.URL, err)
 		}
 	}
 	res.addPlaintext()

@@ -9,13 +9,16 @@
 // term (timestamp(...)), its subquery's [range:step], aligned to multiples of
 // the step since the epoch as Prometheus aligns them. Counters rise at a
 // constant rate, so an increase is exact (no scrapes, no extrapolation).
-// Namespace matchers are ignored: every flow is answered.
+// Regex matchers on the destination namespace (=~ and !~, which shard the
+// aggregate and restrict it to --namespaces) are applied; other namespace
+// matchers are ignored.
 package telemetrytest
 
 import (
 	"context"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -127,9 +130,25 @@ var (
 	reportersRE = regexp.MustCompile(`reporter=~"([a-z|]*)"`)
 	subqueryRE  = regexp.MustCompile(`\[([0-9][0-9a-z]*):([0-9][0-9a-z]*)\]`)
 	offsetRE    = regexp.MustCompile(` offset ([0-9][0-9a-z]*)\)`)
+	dstNSRE     = regexp.MustCompile(`destination_workload_namespace(=~|!~)("(?:[^"\\]|\\.)*")`)
 	groupRE     = regexp.MustCompile(`^group by \(([a-z_, ]*)\) \((.*)\)$`)
 	metricsOf   = map[string]string{istiometrics.RequestsTotal: "requests", istiometrics.TCPConnectionsOpened: "connections", istiometrics.TCPReceivedBytes: "bytes"}
 )
+
+// nsMatcher is a regex matcher on the destination namespace.
+type nsMatcher struct {
+	re     *regexp.Regexp
+	negate bool
+}
+
+func (t term) dstMatches(ns string) bool {
+	for _, m := range t.dstNS {
+		if m.re.MatchString(ns) == m.negate {
+			return false
+		}
+	}
+	return true
+}
 
 // term is one label_replace(..., "mm_kind", kind, "", "") of a query.
 type term struct {
@@ -140,6 +159,7 @@ type term struct {
 	reps    map[string]bool
 	plain   bool // connection_security_policy!="mutual_tls"
 	mtls    bool // connection_security_policy="mutual_tls"
+	dstNS   []nsMatcher
 	filter  bool // "> 0"
 	lastAt  bool // timestamp(...) or max_over_time(timestamp(...)[sub:subStep])
 	sub     time.Duration
@@ -168,6 +188,17 @@ func parseTerms(q string) ([]term, error) {
 		var err error
 		if t.rng, err = duration(rng[1]); err != nil {
 			return nil, err
+		}
+		for _, dm := range dstNSRE.FindAllStringSubmatch(part, -1) {
+			pat, err := strconv.Unquote(dm[2])
+			if err != nil {
+				return nil, &v1.Error{Type: v1.ErrBadData, Msg: err.Error()}
+			}
+			re, err := regexp.Compile("^(?:" + pat + ")$") // PromQL anchors regexes
+			if err != nil {
+				return nil, &v1.Error{Type: v1.ErrBadData, Msg: err.Error()}
+			}
+			t.dstNS = append(t.dstNS, nsMatcher{re: re, negate: dm[1] == "!~"})
 		}
 		for name, kind := range metricsOf {
 			if strings.Contains(part, name+"{") {
@@ -290,7 +321,7 @@ func (f *Fake) traffic(q string, times []time.Time, ranged bool) (model.Value, e
 			if rep == istiometrics.ReporterSource {
 				csp = istiometrics.Unknown // only the destination knows
 			}
-			if !t.kinds[or(fl.Kind, "requests")] || !t.reps[rep] || (t.plain && csp == istiometrics.MutualTLS) || (t.mtls && csp != istiometrics.MutualTLS) {
+			if !t.kinds[or(fl.Kind, "requests")] || !t.reps[rep] || (t.plain && csp == istiometrics.MutualTLS) || (t.mtls && csp != istiometrics.MutualTLS) || !t.dstMatches(fl.DstNS) {
 				continue
 			}
 			kb.Reset()
