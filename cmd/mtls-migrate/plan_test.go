@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,14 +115,18 @@ func TestPlanRunExitCodes(t *testing.T) {
 	}
 }
 
-// rangeCounter is a promAPI that counts range queries and their steps.
+// rangeCounter is a promAPI that counts range queries and their steps
+// (sent at once by telemetry.Fetch, hence the mutex).
 type rangeCounter struct {
 	promAPI
+	mu     sync.Mutex
 	ranges []v1.Range
 }
 
 func (r *rangeCounter) QueryRange(ctx context.Context, q string, rg v1.Range, o ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	r.mu.Lock()
 	r.ranges = append(r.ranges, rg)
+	r.mu.Unlock()
 	return r.promAPI.QueryRange(ctx, q, rg, o...)
 }
 

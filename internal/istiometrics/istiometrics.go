@@ -179,6 +179,37 @@ func IncreaseBy(metric, sel, by, window string) string {
 	return fmt.Sprintf("sum by (%s) (increase(%s{%s}[%s]))", by, metric, sel, window)
 }
 
+// GrowthBy is, summed by the grouping labels, how much each series of
+// counter metric that sel selects grew over the last window (a PromQL
+// duration), read at its two ends only: its value now less its value
+// window ago; its whole value when it did not exist window ago (it began
+// in the window) or is lower now (it was reset, so it counts from the
+// reset on). Two points a series, where increase reads every sample of
+// the window: Prometheus answers it in a fraction of the time on a large
+// mesh (see internal/telemetry). What it cannot see: a series that stopped
+// being scraped before now (a deleted pod) counts for nothing, and a
+// reset loses what came before it, so it is a lower bound of IncreaseBy
+// (without its extrapolation to the window's ends). Good for sizing
+// traffic; never for deciding that something did not happen.
+func GrowthBy(metric, sel, by, window string) string {
+	s := fmt.Sprintf("%s{%s}", metric, sel)
+	return fmt.Sprintf("sum by (%s) (((%s - %s offset %s) >= 0) or %s)", by, s, s, window, s)
+}
+
+// PresentBy is, by the grouping labels, 1 for every group that holds a
+// series of any of metrics selected by one of sels now (an instant query:
+// scraped within Prometheus' lookback, 5m by default). It reads one point
+// a series.
+func PresentBy(metrics []string, sels []string, by string) string {
+	var parts []string
+	for _, m := range metrics {
+		for _, sel := range sels {
+			parts = append(parts, fmt.Sprintf("%s{%s}", m, sel))
+		}
+	}
+	return fmt.Sprintf("group by (%s) (%s)", by, strings.Join(parts, " or "))
+}
+
 // LastRiseBy is, by the grouping labels, when any of the counter metrics
 // that sel selects last rose within the last window, in seconds since the
 // epoch (window, step and rise are PromQL durations). It is the evaluation

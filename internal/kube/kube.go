@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	istio "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -31,7 +32,15 @@ func New(getter genericclioptions.RESTClientGetter) (*Clients, error) {
 		cfg.QPS = 50
 		cfg.Burst = 100
 	}
-	k, err := kubernetes.NewForConfig(cfg)
+	// Built-in kinds as protobuf: the API server encodes and the client
+	// decodes a pod list about 3.5 times faster than as JSON (sandbox/scale:
+	// 20,000 pods in 4.9 s instead of 17.3 s). Istio's kinds are CRDs,
+	// served as JSON only, so its client keeps cfg as it is; JSON stays
+	// accepted for servers (or proxies) that do not speak protobuf.
+	kcfg := rest.CopyConfig(cfg)
+	kcfg.ContentType = runtime.ContentTypeProtobuf
+	kcfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	k, err := kubernetes.NewForConfig(kcfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
 	}

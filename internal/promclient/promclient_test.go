@@ -1,6 +1,7 @@
 package promclient
 
 import (
+	"compress/gzip"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/model"
 )
 
 func TestParseHeaders(t *testing.T) {
@@ -155,5 +158,59 @@ func TestRedactDropsUserinfo(t *testing.T) {
 	err := (Options{URL: "ftp://alice:pw@prom", Timeout: time.Second}).Validate()
 	if err == nil || strings.Contains(err.Error(), "pw") {
 		t.Fatalf("validation error leaks the password: %v", err)
+	}
+}
+
+// TestClientAsksForGzipAndDecodesIt: prometheus/common's transport
+// disables compression, so the client asks for gzip itself and decodes
+// it; a server that answers plain JSON works as well, and a body that says
+// gzip but is not is an error, never an empty answer.
+func TestClientAsksForGzipAndDecodesIt(t *testing.T) {
+	const answer = `{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"b"},"value":[1,"42"]}]}}`
+	tests := []struct {
+		name    string
+		write   func(w http.ResponseWriter)
+		wantErr bool
+	}{
+		{"gzip", func(w http.ResponseWriter) {
+			w.Header().Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			_, _ = zw.Write([]byte(answer))
+			_ = zw.Close()
+		}, false},
+		{"plain", func(w http.ResponseWriter) { _, _ = w.Write([]byte(answer)) }, false},
+		{"not gzip after all", func(w http.ResponseWriter) {
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write([]byte(answer))
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var accepted string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				accepted = r.Header.Get("Accept-Encoding")
+				w.Header().Set("Content-Type", "application/json")
+				tt.write(w)
+			}))
+			defer srv.Close()
+			api, err := New(Options{URL: srv.URL, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, _, _, err := api.Query(context.Background(), "x", time.Now())
+			if accepted != "gzip" {
+				t.Errorf("Accept-Encoding = %q, want gzip", accepted)
+			}
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("answer %v accepted from a broken gzip body", v)
+				}
+				return
+			}
+			vec, ok := v.(model.Vector)
+			if err != nil || !ok || len(vec) != 1 || vec[0].Value != 42 {
+				t.Fatalf("answer %v, err %v", v, err)
+			}
+		})
 	}
 }

@@ -1,20 +1,47 @@
 // Package telemetry reads the Istio standard metrics the planner needs from
 // a Prometheus-compatible API (Prometheus, Thanos, Mimir, VictoriaMetrics) in
-// three queries whatever the size of the mesh: traffic aggregated by
-// namespace pair, the plaintext flows in detail, and the Istio version. Only
-// standard PromQL is used (subqueries, timestamp(), label_replace: all four
-// support them). Warnings and infos in the answers are surfaced, never
-// dropped.
+// six queries whatever the size of the mesh, sent at once: mutual-TLS
+// traffic by namespace pair (in AggregateShards shards), the plaintext
+// flows in detail, the Istio version, and which namespaces report. Only standard PromQL is used (offset, subqueries,
+// timestamp(), label_replace, group: all four support them). Warnings and
+// infos in the answers are surfaced, never dropped.
 //
-// # Totals computed by the server
+// # Totals computed by the server, at the cost the decision needs
 //
-// The traffic queries are instant queries at the end of the window,
-// sum by (...) (increase(metric{...}[window])): one point per output series,
-// so what crosses the network and is decoded grows with the namespace pairs
-// and the plaintext flows, not with the window (the range queries of 168
-// steps that came before cost 14 s of HTTP and JSON decoding at 2,000
-// namespaces, see BenchmarkFetch). The detail keeps only flows with an
-// increase > 0 and adds one series per flow, mm_kind="last_seen": when its
+// The traffic queries are instant queries at the end of the window: one
+// point per output series, so what crosses the network and is decoded grows
+// with the namespace pairs and the plaintext flows, not with the window (the
+// range queries of 168 steps that came before cost 14 s of HTTP and JSON
+// decoding at 2,000 namespaces, see BenchmarkFetch).
+//
+// What Prometheus spends answering them is another matter: increase over a
+// week reads every raw sample of every series it selects (about 20,000 a
+// series at a 30s scrape), 12.5 M samples/s on our machines, so over a
+// whole mesh it passes the default 30s timeout near 9,000 flows. Only
+// plaintext needs that exactness (a flow seen once in the week blocks its
+// namespace), and plaintext is a small part of the series. So:
+//
+//   - mutual TLS (the aggregate), which only sizes stages, orders them and
+//     tells gates how much traffic to expect, is read at the window's two
+//     ends (istiometrics.GrowthBy: a series' value now less its value a
+//     window ago, or all of it when it began in the window or was reset):
+//     three instant selectors instead of every sample (sandbox/README.md
+//     has the measurements). Traffic of series gone before the end
+//     (deleted pods) is not in it: a lower bound, the reading that asks
+//     for more evidence, not less. Its cost is then no longer the samples
+//     but the series times the blocks the window spans (each selector
+//     looks every series up in every block the query's range touches), so
+//     it is split by destination namespace into AggregateShards queries
+//     sent together: each is a third of the work, and Prometheus runs
+//     them on separate cores;
+//   - plaintext (the detail) is exact: increase over the window, by flow,
+//     of the destinations' non-mTLS reports only, with > 0 so the answer
+//     grows with the plaintext, not with the mesh; the plaintext totals,
+//     sources and reporting of a namespace are summed from these flows;
+//   - which namespaces report (for "no telemetry" risks) is one point a
+//     series now (istiometrics.PresentBy), plus the flows above.
+//
+// The detail adds one series per flow, mm_kind="last_seen": when its
 // counters last rose (istiometrics.LastRiseBy), i.e. the latest step of a
 // subquery over the window at which their increase over step+5m was
 // positive, or the evaluation time if they rose within the last step+5m.
@@ -28,30 +55,34 @@
 // samples a single query can load into memory", its flag help) counts the
 // samples a query holds at once. What the engine holds (promql/engine.go,
 // 2.x to 3.x; estimates, to be checked against that source and measured):
-// a range-vector function such as increase walks the selected series one
-// at a time, holding one series' samples in its
-// range (matrixIterSlice) plus the output so far; an aggregation holds its
-// whole argument (every input series at every step) and then only its
-// result; a subquery holds its inner result (series x steps). So:
+// an instant selector holds one point per series; a range-vector function
+// such as increase walks the selected series one at a time, holding one
+// series' samples in its range (matrixIterSlice) plus the output so far; an
+// aggregation holds its whole argument (every input series at every step)
+// and then only its result; a subquery holds its inner result (series x
+// steps). So:
 //
-//   - the aggregate holds one series' week (40,320 samples at a 15s
-//     scrape) and one point per input series: far below the limit at any
-//     mesh size (the 168-step range query held 168 points per input series);
-//   - the plaintext totals, the same over plaintext series only;
+//   - the aggregate holds one point per input series for each of its
+//     selectors (three per metric): far below the limit at any mesh size;
+//   - the plaintext totals, one series' week (40,320 samples at a 15s
+//     scrape) and one point per plaintext input series;
 //   - the last-seen subquery holds, for each metric in turn, every plaintext
 //     input series at MaxSteps steps (168 points), then the flows at 168
 //     points each: the limit is reached near 300,000 plaintext input series
 //     (pod and response-code labels included), a query error that says to
 //     restrict --namespaces;
-//   - with Steps = n, the aggregation holds n points per input series.
+//   - the reporting query, one point per series;
+//   - with Steps = n, the aggregate and the detail hold n points per input
+//     series.
 //
 // Mimir (-querier.max-samples), Thanos' querier and VictoriaMetrics
 // (-search.maxSamplesPerQuery, 1e9) have limits of the same kind; Mimir
 // and Thanos also limit series and chunks fetched per query, which count the
-// raw data read and so are the same for both shapes, except that a
-// query-frontend splits a range query by day (Options.Steps) and an instant
-// one not at all, as far as I know (Mimir has an experimental instant-query
-// splitting I have not checked).
+// raw data read: the aggregate's instant selectors fetch a chunk or two per
+// series where increase fetched the week's. A query-frontend splits a range
+// query by day (Options.Steps) and an instant one not at all, as far as I
+// know (Mimir has an experimental instant-query splitting I have not
+// checked).
 package telemetry
 
 import (
@@ -61,6 +92,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
@@ -187,7 +219,8 @@ func span(o Options) (time.Duration, int) {
 
 // The groupings of the two traffic queries.
 var (
-	aggregateBy = istiometrics.Grouping(istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelSourceWorkloadNamespace, istiometrics.LabelConnectionSecurityPolicy)
+	aggregateBy = istiometrics.Grouping(istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelSourceWorkloadNamespace)
+	reportingBy = istiometrics.Grouping(istiometrics.LabelReporter, istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelSourceWorkloadNamespace)
 	detailBy    = istiometrics.Grouping(istiometrics.LabelDestinationWorkloadNamespace, istiometrics.LabelDestinationWorkload, istiometrics.LabelSourceWorkload, istiometrics.LabelSourceWorkloadNamespace, istiometrics.LabelSourcePrincipal)
 )
 
@@ -211,10 +244,45 @@ var (
 	detailMetrics    = aggregateMetrics
 )
 
-// Queries returns the PromQL queries Fetch runs, in order: aggregate
-// traffic, plaintext flows, Istio version. The first two are instant
-// queries at the end of the window by default, range queries with
-// o.Steps > 1; the version is an instant query.
+// AggregateShards is how many queries the aggregate is split into, by
+// the last character of the destination namespace (see shardMatchers):
+// its cost on Prometheus grows with the mutual-TLS series, and Fetch sends
+// the shards at once, so each stays within the per-query timeout on a
+// mesh three times larger and Prometheus spreads them over its cores.
+const AggregateShards = 3
+
+// QueryNames name the queries of Queries, in order, for messages.
+var QueryNames = []string{"aggregate traffic 1/3", "aggregate traffic 2/3", "aggregate traffic 3/3", "plaintext flows", "istio version", "reporting"}
+
+// Ranged says whether query i of Queries is a range query when
+// Options.Steps > 1 (the aggregate's shards and the plaintext flows).
+func Ranged(i int) bool { return i <= AggregateShards }
+
+// shardMatchers partition the destination namespaces into n sets by the
+// last character of their name (Kubernetes names end in [a-z0-9]; those
+// 36 characters are dealt round-robin, so numbered and random-suffixed
+// names spread evenly): the first n-1 match one set each and the last
+// matches everything else, so every series, whatever its label holds, is
+// in exactly one shard.
+func shardMatchers(n int) []string {
+	const alnum = "0123456789abcdefghijklmnopqrstuvwxyz"
+	sets := make([]string, n)
+	for i, c := range alnum {
+		sets[i%n] += string(c)
+	}
+	out := make([]string, n)
+	for i := 0; i < n-1; i++ {
+		out[i] = istiometrics.Re(istiometrics.LabelDestinationWorkloadNamespace, ".*["+sets[i]+"]")
+	}
+	out[n-1] = istiometrics.NotRe(istiometrics.LabelDestinationWorkloadNamespace, ".*["+strings.Join(sets[:n-1], "")+"]")
+	return out
+}
+
+// Queries returns the PromQL queries Fetch runs, in order (QueryNames):
+// mutual-TLS traffic by namespace pair (AggregateShards queries), plaintext
+// flows, Istio version, reporting namespaces. The aggregate and the flows
+// are instant queries at the end of the window by default, range queries
+// with o.Steps > 1 (Ranged); the last two are instant queries.
 func Queries(o Options) []string {
 	r, _ := span(o)
 	rng := model.Duration(r).String()
@@ -236,14 +304,17 @@ func Queries(o Options) []string {
 		}
 		return parts
 	}
-	aggSel := istiometrics.Selector(istiometrics.OneOf(istiometrics.LabelReporter, []string{istiometrics.ReporterSource, istiometrics.ReporterDestination}), dst)
-	if src != "" {
-		// Restricted: traffic into the namespaces, or reported by them as clients.
-		aggSel = istiometrics.Selector(istiometrics.ByDestination, dst)
-	}
-	agg := totals(aggregateMetrics, aggregateBy, aggSel, "")
-	if src != "" {
-		agg = append(agg, totals(aggregateMetrics, aggregateBy, istiometrics.Selector(istiometrics.BySource, src), "")...)
+	// Mutual TLS only sizes stages and gates: its growth, two points a
+	// series (see the package comment). Plaintext is counted exactly by
+	// the detail below.
+	var out []string
+	for _, shard := range shardMatchers(AggregateShards) {
+		aggSel := istiometrics.Selector(istiometrics.ByDestination, istiometrics.Eq(istiometrics.LabelConnectionSecurityPolicy, istiometrics.MutualTLS), dst, shard)
+		var agg []string
+		for _, m := range aggregateMetrics {
+			agg = append(agg, kind(istiometrics.GrowthBy(m.name, aggSel, aggregateBy, rng), m.kind))
+		}
+		out = append(out, strings.Join(agg, " or "))
 	}
 	// Classified on the destination's report (see istiometrics.DestinationPlaintext).
 	// Only flows with traffic in the window: the answer grows with the
@@ -256,7 +327,13 @@ func Queries(o Options) []string {
 	}
 	detail = append(detail, kind(istiometrics.LastRiseBy(names, detailSel, detailBy, rng, model.Duration(step).String(), model.Duration(step+scrapeMargin).String()), kindLastSeen))
 	version := fmt.Sprintf(`count by (%s) (%s)`, istiometrics.Grouping(istiometrics.LabelComponent, istiometrics.LabelTag), istiometrics.Build)
-	return []string{strings.Join(agg, " or "), strings.Join(detail, " or "), version}
+	reportSels := []string{istiometrics.OneOf(istiometrics.LabelReporter, []string{istiometrics.ReporterSource, istiometrics.ReporterDestination})}
+	if src != "" {
+		// Restricted: traffic into the namespaces, or reported by them as clients.
+		reportSels = []string{istiometrics.Selector(istiometrics.ByDestination, dst), istiometrics.Selector(istiometrics.BySource, src)}
+	}
+	reporting := istiometrics.PresentBy(names, reportSels, reportingBy)
+	return append(out, strings.Join(detail, " or "), version, reporting)
 }
 
 // Fetch runs the queries and parses the answers.
@@ -273,44 +350,74 @@ func Fetch(ctx context.Context, q istiometrics.Querier, o Options) (*Result, err
 	qs := Queries(o)
 	res := &Result{Window: o.Window, Step: Step(o.Window), Queries: qs, Inbound: map[string]*Traffic{}, Reporting: map[string]bool{}}
 
-	names := []string{"aggregate traffic", "plaintext flows", "istio version"}
+	// All at once: Prometheus evaluates each query on one core, and the
+	// aggregate's shards cost about the same.
+	type answer struct {
+		val   model.Value
+		warns v1.Warnings
+		infos v1.Infos
+		err   error
+	}
+	answers := make([]answer, len(qs))
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
 	for i, query := range qs {
-		var (
-			val   model.Value
-			warns v1.Warnings
-			infos v1.Infos
-			err   error
-		)
-		ranged := i < 2 && points > 1
-		if ranged {
-			val, warns, infos, err = istiometrics.Range(ctx, q, query, rng, o.Timeout)
-		} else {
-			val, warns, infos, err = istiometrics.Instant(ctx, q, query, end, o.Timeout)
-		}
-		if err != nil {
-			return nil, queryError(o, names[i], err)
-		}
-		if len(warns) > 0 {
-			res.Partial = true
-		}
-		for _, w := range warns {
-			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus warning (%s): %s", names[i], w))
-		}
-		for _, in := range infos {
-			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus info (%s): %s", names[i], in))
-		}
-		switch i {
-		case 0:
-			err = res.parseAggregate(val, ranged)
-		case 1:
-			err = res.parseDetail(val, ranged, end)
-		case 2:
-			err = res.parseVersion(val)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s from Prometheus at %s: %w", names[i], o.URL, err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := &answers[i]
+			if Ranged(i) && points > 1 {
+				a.val, a.warns, a.infos, a.err = istiometrics.Range(qctx, q, query, rng, o.Timeout)
+			} else {
+				a.val, a.warns, a.infos, a.err = istiometrics.Instant(qctx, q, query, end, o.Timeout)
+			}
+			if a.err != nil {
+				cancel() // the others are of no use now
+			}
+		}()
+	}
+	wg.Wait()
+	// The first error in query order, not one caused by its cancelling
+	// the others.
+	for i := range answers {
+		if err := answers[i].err; err != nil && !(errors.Is(err, context.Canceled) && ctx.Err() == nil) {
+			return nil, queryError(o, QueryNames[i], err)
 		}
 	}
+	for i := range answers {
+		if err := answers[i].err; err != nil {
+			return nil, queryError(o, QueryNames[i], err)
+		}
+	}
+	for i, a := range answers {
+		name := QueryNames[i]
+		if len(a.warns) > 0 {
+			res.Partial = true
+		}
+		for _, w := range a.warns {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus warning (%s): %s", name, w))
+		}
+		for _, in := range a.infos {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("prometheus info (%s): %s", name, in))
+		}
+		ranged := Ranged(i) && points > 1
+		var err error
+		switch {
+		case i < AggregateShards:
+			err = res.parseAggregate(a.val, ranged)
+		case i == AggregateShards:
+			err = res.parseDetail(a.val, ranged, end)
+		case i == AggregateShards+1:
+			err = res.parseVersion(a.val)
+		default:
+			err = res.parseReporting(a.val)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s from Prometheus at %s: %w", name, o.URL, err)
+		}
+	}
+	res.addPlaintext()
 	return res, nil
 }
 
@@ -395,19 +502,10 @@ func (r *Result) inbound(ns string) *Traffic {
 	return t
 }
 
+// parseAggregate reads the mutual-TLS growth by namespace pair.
 func (r *Result) parseAggregate(v model.Value, ranged bool) error {
 	return eachSeries(v, ranged, func(l model.Metric, total, _ float64) {
 		dst, src := string(l[istiometrics.LabelDestinationWorkloadNamespace]), string(l[istiometrics.LabelSourceWorkloadNamespace])
-		switch string(l[istiometrics.LabelReporter]) {
-		case istiometrics.ReporterSource:
-			if src != "" && src != Unknown {
-				r.Reporting[src] = true
-			}
-			return
-		case istiometrics.ReporterDestination:
-		default:
-			return
-		}
 		if dst == "" || dst == Unknown {
 			return
 		}
@@ -416,28 +514,53 @@ func (r *Result) parseAggregate(v model.Value, ranged bool) error {
 		if src != "" && src != Unknown && src != dst && total > 0 {
 			t.Sources[src] = struct{}{}
 		}
-		mtls := string(l[istiometrics.LabelConnectionSecurityPolicy]) == istiometrics.MutualTLS
 		switch string(l[kindLabel]) {
 		case kindRequests:
-			if mtls {
-				t.MTLSRequests += total
-			} else {
-				t.PlaintextRequests += total
-			}
+			t.MTLSRequests += total
 		case kindConnections:
-			if mtls {
-				t.MTLSConnections += total
-			} else {
-				t.PlaintextConnections += total
-			}
+			t.MTLSConnections += total
 		case kindBytes:
-			if mtls {
-				t.MTLSBytes += total
-			} else {
-				t.PlaintextBytes += total
-			}
+			t.MTLSBytes += total
 		}
 	})
+}
+
+// parseReporting reads which namespaces' proxies report now, as
+// destination or as source.
+func (r *Result) parseReporting(v model.Value) error {
+	vec, ok := v.(model.Vector)
+	if !ok {
+		return &istiometrics.UnusableAnswerError{Got: istiometrics.TypeOf(v), Want: "an instant vector"}
+	}
+	for _, s := range vec {
+		ns := string(s.Metric[istiometrics.LabelDestinationWorkloadNamespace])
+		if string(s.Metric[istiometrics.LabelReporter]) == istiometrics.ReporterSource {
+			ns = string(s.Metric[istiometrics.LabelSourceWorkloadNamespace])
+		}
+		if ns != "" && ns != Unknown {
+			r.Reporting[ns] = true
+		}
+	}
+	return nil
+}
+
+// addPlaintext counts the plaintext flows, exact over the window, into
+// their destination's totals, sources and reporting.
+func (r *Result) addPlaintext() {
+	for _, f := range r.Plaintext {
+		dst := f.DestinationNamespace
+		if dst == "" || dst == Unknown {
+			continue
+		}
+		r.Reporting[dst] = true
+		t := r.inbound(dst)
+		t.PlaintextRequests += f.Requests
+		t.PlaintextConnections += f.Connections
+		t.PlaintextBytes += f.Bytes
+		if src := f.SourceNamespace; src != "" && src != Unknown && src != dst {
+			t.Sources[src] = struct{}{}
+		}
+	}
 }
 
 // parseDetail reads the plaintext flows: their totals, and their last-seen

@@ -3,7 +3,10 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,20 +40,29 @@ func TestStepKeepsQueriesSmall(t *testing.T) {
 }
 
 // The queries a plan runs by default, verbatim: totals and last-seen times
-// computed by Prometheus, one point per series.
+// computed by Prometheus, one point per series; mutual TLS read at the
+// window's two ends, plaintext over every sample.
 func TestQueriesAreInstantTotalsOverTheWindow(t *testing.T) {
 	plain := `{reporter="destination",connection_security_policy!="mutual_tls"}`
 	flow := "destination_workload_namespace, destination_workload, source_workload, source_workload_namespace, source_principal"
 	rose := `sum by (` + flow + `) (increase(istio_requests_total` + plain + `[1h5m])) > 0 or sum by (` + flow + `) (increase(istio_tcp_connections_opened_total` + plain + `[1h5m])) > 0 or sum by (` + flow + `) (increase(istio_tcp_received_bytes_total` + plain + `[1h5m])) > 0`
+	growth := func(m, shard string) string {
+		s := m + `{reporter="destination",connection_security_policy="mutual_tls",destination_workload_namespace` + shard + `}`
+		return `sum by (destination_workload_namespace, source_workload_namespace) (((` + s + ` - ` + s + ` offset 1w) >= 0) or ` + s + `)`
+	}
+	aggregate := func(shard string) string {
+		return `label_replace(` + growth("istio_requests_total", shard) + `, "mm_kind", "requests", "", "")` +
+			` or label_replace(` + growth("istio_tcp_connections_opened_total", shard) + `, "mm_kind", "connections", "", "")` +
+			` or label_replace(` + growth("istio_tcp_received_bytes_total", shard) + `, "mm_kind", "bytes", "", "")`
+	}
 	want := []string{
-		`label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_requests_total{reporter=~"source|destination"}[1w])), "mm_kind", "requests", "", "")` +
-			` or label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_tcp_connections_opened_total{reporter=~"source|destination"}[1w])), "mm_kind", "connections", "", "")` +
-			` or label_replace(sum by (reporter, destination_workload_namespace, source_workload_namespace, connection_security_policy) (increase(istio_tcp_received_bytes_total{reporter=~"source|destination"}[1w])), "mm_kind", "bytes", "", "")`,
+		aggregate(`=~".*[0369cfilorux]"`), aggregate(`=~".*[147adgjmpsvy]"`), aggregate(`!~".*[0369cfilorux147adgjmpsvy]"`),
 		`label_replace(sum by (` + flow + `) (increase(istio_requests_total` + plain + `[1w])) > 0, "mm_kind", "requests", "", "")` +
 			` or label_replace(sum by (` + flow + `) (increase(istio_tcp_connections_opened_total` + plain + `[1w])) > 0, "mm_kind", "connections", "", "")` +
 			` or label_replace(sum by (` + flow + `) (increase(istio_tcp_received_bytes_total` + plain + `[1w])) > 0, "mm_kind", "bytes", "", "")` +
 			` or label_replace(timestamp(` + rose + `) or max_over_time(timestamp(` + rose + `)[1w:1h]), "mm_kind", "last_seen", "", "")`,
 		`count by (component, tag) (istio_build)`,
+		`group by (reporter, destination_workload_namespace, source_workload_namespace) (istio_requests_total{reporter=~"source|destination"} or istio_tcp_connections_opened_total{reporter=~"source|destination"} or istio_tcp_received_bytes_total{reporter=~"source|destination"})`,
 	}
 	got := Queries(Options{Window: week})
 	if len(got) != len(want) {
@@ -65,21 +77,54 @@ func TestQueriesAreInstantTotalsOverTheWindow(t *testing.T) {
 
 func TestQueriesWithStepsSpanOneStepEach(t *testing.T) {
 	qs := Queries(Options{Window: week, Steps: 7})
-	if !strings.Contains(qs[0], "[1d]") || strings.Contains(qs[0], "[1w]") {
-		t.Errorf("aggregate does not span a day per step: %s", qs[0])
+	for _, q := range qs[:AggregateShards] {
+		if !strings.Contains(q, "offset 1d)") || strings.Contains(q, "1w") {
+			t.Errorf("aggregate does not span a day per step: %s", q)
+		}
 	}
-	if !strings.Contains(qs[1], "[1d]") || !strings.Contains(qs[1], "[1d:1h]") || !strings.Contains(qs[1], "[1h5m]") {
-		t.Errorf("detail does not span a day per step, or last-seen changed resolution: %s", qs[1])
+	if d := qs[AggregateShards]; !strings.Contains(d, "[1d]") || !strings.Contains(d, "[1d:1h]") || !strings.Contains(d, "[1h5m]") {
+		t.Errorf("detail does not span a day per step, or last-seen changed resolution: %s", d)
+	}
+}
+
+// Every destination namespace, whatever its label holds, is in exactly
+// one shard of the aggregate.
+func TestAggregateShardsPartitionTheNamespaces(t *testing.T) {
+	var res []*regexp.Regexp
+	var neg []bool
+	for _, m := range shardMatchers(AggregateShards) {
+		op, quoted, _ := strings.Cut(strings.TrimPrefix(m, istiometrics.LabelDestinationWorkloadNamespace), `"`)
+		pat, err := strconv.Unquote(`"` + quoted)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, neg = append(res, regexp.MustCompile("^(?:"+pat+")$")), append(neg, op == "!~")
+	}
+	for _, ns := range []string{"", "unknown", "mesh-0001", "mesh-0002", "mesh-0003", "default", "istio-system", "a", "9", "x-", "Ü"} {
+		n := 0
+		for i, re := range res {
+			if re.MatchString(ns) != neg[i] {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("namespace %q is in %d shards", ns, n)
+		}
 	}
 }
 
 func TestQueriesEscapeNamespaces(t *testing.T) {
 	qs := Queries(Options{Window: week, Namespaces: []string{`bad"ns`}})
-	if len(qs) != 3 {
+	if len(qs) != 6 {
 		t.Fatalf("%d queries", len(qs))
 	}
-	for _, q := range qs[:2] {
-		if !strings.Contains(q, `=~"bad\"ns"`) || !strings.Contains(q, "[1w]") {
+	for _, q := range []string{qs[0], qs[2], qs[3], qs[5]} {
+		if !strings.Contains(q, `=~"bad\"ns"`) {
+			t.Errorf("query not escaped: %s", q)
+		}
+	}
+	for _, q := range qs[:4] {
+		if !strings.Contains(q, `=~"bad\"ns"`) || !strings.Contains(q, "1w") {
 			t.Errorf("query not escaped or not over the window: %s", q)
 		}
 	}
@@ -105,7 +150,7 @@ func TestFetchReportsWarningsAndInfos(t *testing.T) {
 		t.Fatal(err)
 	}
 	joined := strings.Join(res.Warnings, "\n")
-	if !strings.Contains(joined, "prometheus warning (aggregate traffic): partial response") || !strings.Contains(joined, "prometheus warning (plaintext flows)") || !strings.Contains(joined, "prometheus info") {
+	if !strings.Contains(joined, "prometheus warning (aggregate traffic 1/3): partial response") || !strings.Contains(joined, "prometheus warning (plaintext flows)") || !strings.Contains(joined, "prometheus info") {
 		t.Errorf("warnings = %v", res.Warnings)
 	}
 }
@@ -172,20 +217,26 @@ func TestFetchUnreachable(t *testing.T) {
 }
 
 // kinds records which kind of query each call was.
+// (Fetch sends its queries at once.)
 type kinds struct {
 	*telemetrytest.Fake
+	mu              sync.Mutex
 	instant, ranged int
 	step            time.Duration
 }
 
 func (k *kinds) Query(ctx context.Context, q string, ts time.Time, o ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	k.mu.Lock()
 	k.instant++
+	k.mu.Unlock()
 	return k.Fake.Query(ctx, q, ts, o...)
 }
 
 func (k *kinds) QueryRange(ctx context.Context, q string, r v1.Range, o ...v1.Option) (model.Value, v1.Warnings, v1.Infos, error) {
+	k.mu.Lock()
 	k.ranged++
 	k.step = r.Step
+	k.mu.Unlock()
 	return k.Fake.QueryRange(ctx, q, r, o...)
 }
 
@@ -209,7 +260,7 @@ func TestFetchTotalsAndLastSeenWithAndWithoutSteps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if steps == 0 && (q.instant != 3 || q.ranged != 0) || steps == 7 && (q.instant != 1 || q.ranged != 2 || q.step != 24*time.Hour) {
+		if steps == 0 && (q.instant != 6 || q.ranged != 0) || steps == 7 && (q.instant != 2 || q.ranged != 4 || q.step != 24*time.Hour) {
 			t.Errorf("steps %d: %d instant, %d range queries of step %s", steps, q.instant, q.ranged, q.step)
 		}
 		in := res.Inbound["orders"]

@@ -512,6 +512,8 @@ func (e *evaluator) evalAgg(a *aggExpr, t time.Time) (any, error) {
 		switch a.op {
 		case "count":
 			v = float64(g.count)
+		case "group":
+			v = 1
 		case "avg":
 			v = g.sum / float64(g.count)
 		case "min", "max":
@@ -562,10 +564,54 @@ func (e *evaluator) evalBinary(b *binaryExpr, t time.Time) (any, error) {
 		case scalar:
 			return e.vectorScalar(b, l, float64(r), false, comparison), nil
 		case vector:
-			return nil, fmt.Errorf("binary %q between two vectors is not supported by the synthetic Prometheus", b.op)
+			if b.returnBool {
+				return nil, fmt.Errorf("binary %q bool between two vectors is not supported by the synthetic Prometheus", b.op)
+			}
+			return e.vectorVector(b, l, r, comparison)
 		}
 	}
 	return nil, fmt.Errorf("binary %q between %s and %s", b.op, typeName(lhs), typeName(rhs))
+}
+
+// vectorVector is one-to-one matching on all labels but the metric name
+// (no on, ignoring or group modifiers), as PromQL does it: a sample of
+// either side without a match is dropped, a match group with more than one
+// sample on a side is an error, arithmetic drops the metric name and a
+// comparison keeps the left sample where it holds.
+func (e *evaluator) vectorVector(b *binaryExpr, l, r vector, comparison bool) (vector, error) {
+	rs := make(map[string]int, len(r))
+	for k := range r {
+		sig := e.signature(&r[k], false)
+		if _, dup := rs[sig]; dup {
+			return nil, fmt.Errorf("found duplicate series for the match group on the right hand-side of the operation %q", b.op)
+		}
+		rs[sig] = k
+	}
+	seen := make(map[string]bool, len(l))
+	out := vector{}
+	for k := range l {
+		sig := e.signature(&l[k], false)
+		j, ok := rs[sig]
+		if !ok {
+			continue
+		}
+		if seen[sig] {
+			return nil, fmt.Errorf("found duplicate series for the match group on the left hand-side of the operation %q", b.op)
+		}
+		seen[sig] = true
+		smp := l[k]
+		v, keep := binop(b.op, smp.v, r[j].v)
+		if comparison {
+			if !keep {
+				continue
+			}
+		} else {
+			e.dropName(&smp)
+			smp.v = v
+		}
+		out = append(out, smp)
+	}
+	return out, nil
 }
 
 func (e *evaluator) vectorScalar(b *binaryExpr, vec vector, s float64, scalarLeft, comparison bool) vector {

@@ -389,7 +389,7 @@ func (p *parser) duration() (time.Duration, error) {
 	return time.Duration(d), nil
 }
 
-var aggregations = map[string]bool{"sum": true, "count": true, "min": true, "max": true, "avg": true}
+var aggregations = map[string]bool{"sum": true, "count": true, "group": true, "min": true, "max": true, "avg": true}
 
 func (p *parser) primary() (node, error) {
 	t := p.next()

@@ -106,13 +106,16 @@ type productQuery struct {
 // telemetry's Steps=7, range queries of a day's steps for a query-frontend)
 // and status' plaintext-rate query, at end.
 func productQueries(window time.Duration, end time.Time) []productQuery {
-	names := []string{"aggregate traffic", "plaintext flows", "istio version"}
+	names := telemetry.QueryNames
 	var out []productQuery
 	for i, q := range telemetry.Queries(telemetry.Options{Window: window, Now: end}) {
 		out = append(out, productQuery{name: "plan: " + names[i], query: q, at: end})
 	}
 	day := 24 * time.Hour
-	for i, q := range telemetry.Queries(telemetry.Options{Window: window, Now: end, Steps: 7})[:2] {
+	for i, q := range telemetry.Queries(telemetry.Options{Window: window, Now: end, Steps: 7}) {
+		if !telemetry.Ranged(i) {
+			continue
+		}
 		points := int((window + day - 1) / day)
 		out = append(out, productQuery{name: "plan --steps 7: " + names[i], query: q,
 			rng: &v1.Range{Start: end.Add(-time.Duration(points-1) * day), End: end, Step: day}})

@@ -9,13 +9,16 @@
 // term (timestamp(...)), its subquery's [range:step], aligned to multiples of
 // the step since the epoch as Prometheus aligns them. Counters rise at a
 // constant rate, so an increase is exact (no scrapes, no extrapolation).
-// Namespace matchers are ignored: every flow is answered.
+// Regex matchers on the destination namespace (=~ and !~, which shard the
+// aggregate and restrict it to --namespaces) are applied; other namespace
+// matchers are ignored.
 package telemetrytest
 
 import (
 	"context"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -126,8 +129,26 @@ var (
 	rangeRE     = regexp.MustCompile(`\[([0-9][0-9a-z]*)\]`)
 	reportersRE = regexp.MustCompile(`reporter=~"([a-z|]*)"`)
 	subqueryRE  = regexp.MustCompile(`\[([0-9][0-9a-z]*):([0-9][0-9a-z]*)\]`)
+	offsetRE    = regexp.MustCompile(` offset ([0-9][0-9a-z]*)\)`)
+	dstNSRE     = regexp.MustCompile(`destination_workload_namespace(=~|!~)("(?:[^"\\]|\\.)*")`)
+	groupRE     = regexp.MustCompile(`^group by \(([a-z_, ]*)\) \((.*)\)$`)
 	metricsOf   = map[string]string{istiometrics.RequestsTotal: "requests", istiometrics.TCPConnectionsOpened: "connections", istiometrics.TCPReceivedBytes: "bytes"}
 )
+
+// nsMatcher is a regex matcher on the destination namespace.
+type nsMatcher struct {
+	re     *regexp.Regexp
+	negate bool
+}
+
+func (t term) dstMatches(ns string) bool {
+	for _, m := range t.dstNS {
+		if m.re.MatchString(ns) == m.negate {
+			return false
+		}
+	}
+	return true
+}
 
 // term is one label_replace(..., "mm_kind", kind, "", "") of a query.
 type term struct {
@@ -137,6 +158,8 @@ type term struct {
 	rng     time.Duration // of its increase
 	reps    map[string]bool
 	plain   bool // connection_security_policy!="mutual_tls"
+	mtls    bool // connection_security_policy="mutual_tls"
+	dstNS   []nsMatcher
 	filter  bool // "> 0"
 	lastAt  bool // timestamp(...) or max_over_time(timestamp(...)[sub:subStep])
 	sub     time.Duration
@@ -150,16 +173,32 @@ func parseTerms(q string) ([]term, error) {
 		m := kindRE.FindStringSubmatch(part)
 		by := byRE.FindStringSubmatch(part)
 		rng := rangeRE.FindStringSubmatch(part)
+		if off := offsetRE.FindStringSubmatch(part); off != nil && !strings.Contains(part, "timestamp(") {
+			// istiometrics.GrowthBy: counters rise from zero at their
+			// start, so their growth over the offset is their increase.
+			rng = off
+		}
 		if m == nil || by == nil || rng == nil {
 			return nil, &v1.Error{Type: v1.ErrBadData, Msg: fmt.Sprintf("telemetrytest: cannot read %q", part)}
 		}
-		t := term{kind: m[1], kinds: map[string]bool{}, reps: map[string]bool{}, plain: strings.Contains(part, istiometrics.NotMutualTLS), filter: strings.Contains(part, ") > 0")}
+		t := term{kind: m[1], kinds: map[string]bool{}, reps: map[string]bool{}, plain: strings.Contains(part, istiometrics.NotMutualTLS), mtls: strings.Contains(part, istiometrics.Eq(istiometrics.LabelConnectionSecurityPolicy, istiometrics.MutualTLS)), filter: strings.Contains(part, ") > 0")}
 		for _, l := range strings.Split(by[1], ", ") {
 			t.by = append(t.by, model.LabelName(l))
 		}
 		var err error
 		if t.rng, err = duration(rng[1]); err != nil {
 			return nil, err
+		}
+		for _, dm := range dstNSRE.FindAllStringSubmatch(part, -1) {
+			pat, err := strconv.Unquote(dm[2])
+			if err != nil {
+				return nil, &v1.Error{Type: v1.ErrBadData, Msg: err.Error()}
+			}
+			re, err := regexp.Compile("^(?:" + pat + ")$") // PromQL anchors regexes
+			if err != nil {
+				return nil, &v1.Error{Type: v1.ErrBadData, Msg: err.Error()}
+			}
+			t.dstNS = append(t.dstNS, nsMatcher{re: re, negate: dm[1] == "!~"})
 		}
 		for name, kind := range metricsOf {
 			if strings.Contains(part, name+"{") {
@@ -213,9 +252,12 @@ func (f *Fake) answer(q string, times []time.Time, ranged bool) (model.Value, er
 		v   model.Value
 		err error
 	)
-	if strings.Contains(q, istiometrics.Build) {
+	switch {
+	case strings.Contains(q, istiometrics.Build):
 		v = f.versions(times, ranged)
-	} else {
+	case groupRE.MatchString(q):
+		v, err = f.present(q, times, ranged)
+	default:
 		v, err = f.traffic(q, times, ranged)
 	}
 	if err != nil {
@@ -279,7 +321,7 @@ func (f *Fake) traffic(q string, times []time.Time, ranged bool) (model.Value, e
 			if rep == istiometrics.ReporterSource {
 				csp = istiometrics.Unknown // only the destination knows
 			}
-			if !t.kinds[or(fl.Kind, "requests")] || !t.reps[rep] || (t.plain && csp == istiometrics.MutualTLS) {
+			if !t.kinds[or(fl.Kind, "requests")] || !t.reps[rep] || (t.plain && csp == istiometrics.MutualTLS) || (t.mtls && csp != istiometrics.MutualTLS) || !t.dstMatches(fl.DstNS) {
 				continue
 			}
 			kb.Reset()
@@ -343,6 +385,47 @@ func (f *Fake) traffic(q string, times []time.Time, ranged bool) (model.Value, e
 	}
 	if ranged {
 		return mat, nil
+	}
+	return vec, nil
+}
+
+// present answers istiometrics.PresentBy: 1 for each group of the flows
+// whose series exist at the (instant) query's time.
+func (f *Fake) present(q string, times []time.Time, ranged bool) (model.Value, error) {
+	g := groupRE.FindStringSubmatch(q)
+	if ranged || len(times) != 1 {
+		return nil, &v1.Error{Type: v1.ErrBadData, Msg: "telemetrytest: a presence query must be an instant query"}
+	}
+	var by []model.LabelName
+	for _, l := range strings.Split(g[1], ", ") {
+		by = append(by, model.LabelName(l))
+	}
+	reps := map[string]bool{}
+	for _, rep := range []string{istiometrics.ReporterSource, istiometrics.ReporterDestination} {
+		if strings.Contains(g[2], istiometrics.Eq(istiometrics.LabelReporter, rep)) || strings.Contains(g[2], "|"+rep) || strings.Contains(g[2], rep+"|") {
+			reps[rep] = true
+		}
+	}
+	seen := map[string]bool{}
+	var vec model.Vector
+	for _, fl := range f.Flows {
+		rep := or(fl.Reporter, istiometrics.ReporterDestination)
+		csp := fl.CSP
+		if rep == istiometrics.ReporterSource {
+			csp = istiometrics.Unknown
+		}
+		if !reps[rep] {
+			continue // every flow's series exists until the query's time
+		}
+		m := model.Metric{}
+		for _, l := range by {
+			m[l] = lv(labelOf(fl, rep, csp, l))
+		}
+		if seen[m.String()] {
+			continue
+		}
+		seen[m.String()] = true
+		vec = append(vec, &model.Sample{Metric: m, Value: 1, Timestamp: ms(times[0])})
 	}
 	return vec, nil
 }
