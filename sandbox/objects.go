@@ -242,7 +242,9 @@ func (c *creator) pods(ctx context.Context) error {
 			HostIP:    "127.0.0.1",
 			HostIPs:   []corev1.HostIP{{IP: "127.0.0.1"}},
 			StartTime: &now,
-			QOSClass:  corev1.PodQOSBestEffort,
+			// The API server computed it at create (Burstable once
+			// istiod's proxy has requests) and it is immutable.
+			QOSClass: created.Status.QOSClass,
 		}
 		for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
 			created.Status.Conditions = append(created.Status.Conditions, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now})
