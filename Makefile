@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 GO ?= go
 
-.PHONY: demo test setup sandbox-deps lint unit e2e bench bench-scale bench-prometheus build clean
+.PHONY: demo test setup sandbox-deps lint unit e2e bench bench-scale bench-prometheus build gen-injector clean
 
 ## demo: install what the sandbox needs, start it and run a whole Online Boutique migration.
 demo: sandbox-deps
@@ -52,6 +52,10 @@ bench-scale: sandbox-deps
 ## bench-prometheus: the product's queries against a real Prometheus backfilled with 7 days of 200 namespaces (about 20 minutes).
 bench-prometheus: sandbox-deps
 	cd sandbox && $(GO) test ./scale -run '^$$' -bench BenchmarkRealPrometheus -benchtime 1x -timeout 3h -v
+
+## gen-injector: regenerate sandbox/controlplane/injector.gen.yaml (istiod's injection template and webhook) from the pinned Istio charts; committed, so only after an Istio bump.
+gen-injector:
+	bash scripts/gen-injector.sh
 
 ## build: the mtls-migrate binary in bin/.
 build:

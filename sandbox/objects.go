@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -39,6 +41,8 @@ type creator struct {
 	disc discovery.DiscoveryInterface
 	scn  *scenario.Scenario
 	dp   *dataplane.DataPlane
+	// istiodInjects: istiod's webhook injects the pods (Options.Istiod).
+	istiodInjects bool
 }
 
 func (c *creator) createAll(ctx context.Context) error {
@@ -64,16 +68,7 @@ func (c *creator) createAll(ctx context.Context) error {
 
 func (c *creator) namespaces(ctx context.Context) error {
 	for _, n := range c.scn.Namespaces {
-		labels := map[string]string{}
-		if n.Injection {
-			labels["istio-injection"] = "enabled"
-		}
-		if n.Revision != "" {
-			labels["istio.io/rev"] = n.Revision
-		}
-		for k, v := range n.Labels {
-			labels[k] = v
-		}
+		labels := namespaceLabels(n)
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels}}
 		_, err := c.kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
@@ -94,6 +89,46 @@ func (c *creator) namespaces(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// namespaceLabels are the labels the sandbox gives a scenario namespace.
+func namespaceLabels(n scenario.Namespace) map[string]string {
+	labels := map[string]string{}
+	if n.Injection {
+		labels["istio-injection"] = "enabled"
+	}
+	if n.Revision != "" {
+		labels["istio.io/rev"] = n.Revision
+	}
+	for k, v := range n.Labels {
+		labels[k] = v
+	}
+	return labels
+}
+
+// injectLabel is the sidecar.istio.io/inject pod label a user writes so
+// the default revision's injection webhook (the charts'
+// mutatingwebhook.yaml) does what the scenario says: "false" to opt a
+// sidecar-less workload out of an injecting namespace, "true" to opt a
+// meshed one in where the namespace has no injection label; "" when the
+// namespace already decides as wanted (or nothing could: istiod then
+// does not inject and pods() reports it).
+func injectLabel(scn *scenario.Scenario, p dataplane.PodInfo) string {
+	if p.Gateway {
+		return ""
+	}
+	n, _ := scn.Namespace(p.Namespace)
+	nl := namespaceLabels(n)
+	inj, hasInj := nl["istio-injection"]
+	rev, hasRev := nl["istio.io/rev"]
+	byNamespace := inj == "enabled" || (!hasInj && hasRev && rev == "default")
+	switch {
+	case p.Sidecar && !byNamespace && !hasInj && !hasRev:
+		return "true"
+	case !p.Sidecar && byNamespace:
+		return "false"
+	}
+	return ""
 }
 
 func (c *creator) node(ctx context.Context) error {
@@ -175,16 +210,29 @@ func (c *creator) services(ctx context.Context) error {
 	return nil
 }
 
-// pods creates each pod as Istio's sidecar injector would have left it
-// (istio-proxy container, tlsMode and canonical labels, sidecar.istio.io/status),
-// then sets its status as a kubelet would: Running, Ready, podIP = its
-// sandbox loopback address.
+// pods creates each pod as its workload's ReplicaSet would, injected by
+// istiod's webhook or, without istiod, written as Istio's sidecar injector
+// would have left it (istio-proxy container, tlsMode and canonical labels,
+// sidecar.istio.io/status), then sets its status as a kubelet would:
+// Running, Ready, podIP = its sandbox loopback address, every container
+// (the injected ones too) running and init containers completed.
+//
+// With istiod (c.istiodInjects) the pod is created as a user's Deployment
+// would create it and istiod's webhook injects it; the created pod must then
+// have a sidecar exactly where the scenario says.
 func (c *creator) pods(ctx context.Context) error {
 	for _, p := range c.dp.Pods() {
-		pod := podObject(p)
+		pod := podObject(p, injectLabel(c.scn, p), !c.istiodInjects)
 		created, err := c.kube.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		if c.istiodInjects {
+			_, injected := created.Annotations[sidecarStatusAnnotation]
+			if injected != p.Sidecar {
+				return fmt.Errorf("pod %s/%s: the scenario says sidecar=%t but istiod's webhook injected=%t (namespace labels %v, pod labels %v; the sandbox runs istiod's default revision only)",
+					p.Namespace, p.Name, p.Sidecar, injected, c.nsLabels(p.Namespace), created.Labels)
+			}
 		}
 		now := metav1.NewTime(time.Now().Truncate(time.Second))
 		created.Status = corev1.PodStatus{
@@ -194,7 +242,9 @@ func (c *creator) pods(ctx context.Context) error {
 			HostIP:    "127.0.0.1",
 			HostIPs:   []corev1.HostIP{{IP: "127.0.0.1"}},
 			StartTime: &now,
-			QOSClass:  corev1.PodQOSBestEffort,
+			// The API server computed it at create (Burstable once
+			// istiod's proxy has requests) and it is immutable.
+			QOSClass: created.Status.QOSClass,
 		}
 		for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
 			created.Status.Conditions = append(created.Status.Conditions, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now})
@@ -206,6 +256,13 @@ func (c *creator) pods(ctx context.Context) error {
 				State:       corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 			})
 		}
+		for _, ct := range created.Spec.InitContainers {
+			created.Status.InitContainerStatuses = append(created.Status.InitContainerStatuses, corev1.ContainerStatus{
+				Name: ct.Name, Image: ct.Image, ImageID: ct.Image, Ready: true, Started: ptr(false),
+				ContainerID: "containerd://" + strconv.FormatInt(time.Now().UnixNano(), 16),
+				State:       corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed", StartedAt: now, FinishedAt: now}},
+			})
+		}
 		if _, err := c.kube.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("pod %s/%s status: %w", p.Namespace, p.Name, err)
 		}
@@ -215,15 +272,42 @@ func (c *creator) pods(ctx context.Context) error {
 
 func ptr[T any](v T) *T { return &v }
 
-func podObject(p dataplane.PodInfo) *corev1.Pod {
+func (c *creator) nsLabels(ns string) map[string]string {
+	n, _ := c.scn.Namespace(ns)
+	return namespaceLabels(n)
+}
+
+const sidecarStatusAnnotation = "sidecar.istio.io/status"
+
+// podObject is the pod as its Deployment's ReplicaSet creates it (the
+// app container, probes, labels and the scenario's annotations; inject, if
+// set, as the sidecar.istio.io/inject label) and, with handInject, as
+// Istio's injector would leave it: the fallback when istiod is not running.
+// TestHandWrittenInjectionAgreesWithIstiod compares the two.
+func podObject(p dataplane.PodInfo, inject string, handInject bool) *corev1.Pod {
 	labels := copyMap(p.Labels)
 	annotations := copyMap(p.Annotations)
+	if inject != "" {
+		labels["sidecar.istio.io/inject"] = inject
+	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: labels, Annotations: annotations},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: p.ServiceAccount,
 			NodeName:           NodeName,
 		},
+	}
+	// Pod names are <workload>-<template hash>-<suffix>, a Deployment's
+	// (dataplane.podName). The ReplicaSet owner, generateName and
+	// pod-template-hash are what istiod's injector names the workload from
+	// (pkg/kube/util.go, GetDeployMetaFromPod: ISTIO_META_WORKLOAD_NAME,
+	// which the product reads); a bare pod would be named after itself.
+	if hash, _, ok := strings.Cut(strings.TrimPrefix(p.Name, p.Workload+"-"), "-"); ok && strings.HasPrefix(p.Name, p.Workload+"-") {
+		rs := p.Workload + "-" + hash
+		labels["pod-template-hash"] = hash
+		pod.GenerateName = rs + "-"
+		pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: rs,
+			UID: types.UID(uidOf(p.Namespace + "/" + rs)), Controller: ptr(true), BlockOwnerDeletion: ptr(true)}}
 	}
 	if p.Gateway {
 		labels["service.istio.io/canonical-name"] = dataplane.GatewayName
@@ -236,7 +320,7 @@ func podObject(p dataplane.PodInfo) *corev1.Pod {
 		return pod
 	}
 	app := corev1.Container{Name: "app", Image: "registry.sandbox.local/" + p.Workload + ":v1"}
-	rewrite := p.Sidecar && annotations["sidecar.istio.io/rewriteAppHTTPProbers"] != "false"
+	rewrite := handInject && p.Sidecar && annotations["sidecar.istio.io/rewriteAppHTTPProbers"] != "false"
 	var probers []string
 	for _, wp := range p.Ports {
 		app.Ports = append(app.Ports, corev1.ContainerPort{Name: portName(wp), ContainerPort: int32(wp.Port), Protocol: corev1.ProtocolTCP})
@@ -257,14 +341,17 @@ func podObject(p dataplane.PodInfo) *corev1.Pod {
 				// 15020 so they keep working under STRICT
 				// (https://istio.io/latest/docs/ops/configuration/mesh/app-health-check/).
 				key := "/app-health/app/" + pr.kind
-				probers = append(probers, fmt.Sprintf("%q:{\"httpGet\":{\"path\":%q,\"port\":%d}}", key, pr.path, wp.Port))
+				// As istiod writes it (pkg/kube/inject/app_probe.go,
+				// DumpAppProbers), from the probe with the API server's
+				// defaults (scheme HTTP, timeoutSeconds 1).
+				probers = append(probers, fmt.Sprintf("%q:{\"httpGet\":{\"path\":%q,\"port\":%d,\"scheme\":\"HTTP\"},\"timeoutSeconds\":1}", key, pr.path, wp.Port))
 				probe.HTTPGet = &corev1.HTTPGetAction{Path: key, Port: intstr.FromInt32(15020)}
 			}
 			pr.set(probe)
 		}
 	}
 	pod.Spec.Containers = []corev1.Container{app}
-	if !p.Sidecar {
+	if !handInject || !p.Sidecar {
 		return pod
 	}
 	labels["security.istio.io/tlsMode"] = "istio"
@@ -274,7 +361,11 @@ func podObject(p dataplane.PodInfo) *corev1.Pod {
 	if labels["service.istio.io/canonical-revision"] == "" {
 		labels["service.istio.io/canonical-revision"] = orDefault(labels["version"], "latest")
 	}
-	annotations["sidecar.istio.io/status"] = `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["workload-socket","credential-socket","workload-certs","istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`
+	annotations[sidecarStatusAnnotation] = `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["workload-socket","credential-socket","workload-certs","istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert","istio-ca-crl"],"imagePullSecrets":null,"revision":"default"}`
+	// The rest of what the charts' injection template annotates
+	// (files/injection-template.yaml) and istiod's revision annotation.
+	annotations["istio.io/rev"] = "default"
+	annotations["kubectl.kubernetes.io/default-logs-container"] = "app"
 	annotations["prometheus.io/scrape"] = "true"
 	annotations["prometheus.io/port"] = "15020"
 	annotations["prometheus.io/path"] = "/stats/prometheus"
@@ -288,7 +379,16 @@ func podObject(p dataplane.PodInfo) *corev1.Pod {
 	if len(probers) > 0 {
 		proxy.Env = append(proxy.Env, corev1.EnvVar{Name: "ISTIO_KUBE_APP_PROBERS", Value: "{" + strings.Join(probers, ",") + "}"})
 	}
-	pod.Spec.InitContainers = []corev1.Container{{Name: "istio-init", Image: proxyImage, Args: []string{"istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*", "-d", "15090,15021,15020"}}}
+	// istio-iptables as the template runs it: -b the captured inbound
+	// ports (includeInboundPorts, default all), -d the excluded ones
+	// (15090, 15021, the excludeInboundPorts annotation, then the agent's
+	// 15020).
+	include := orDefault(annotations["traffic.sidecar.istio.io/includeInboundPorts"], "*")
+	exclude := "15090,15021,"
+	if e := annotations["traffic.sidecar.istio.io/excludeInboundPorts"]; e != "" {
+		exclude += e + ","
+	}
+	pod.Spec.InitContainers = []corev1.Container{{Name: "istio-init", Image: proxyImage, Args: []string{"istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", include, "-d", exclude + "15020", "--log_output_level=default:info"}}}
 	pod.Spec.Containers = append(pod.Spec.Containers, proxy)
 	return pod
 }
@@ -380,6 +480,12 @@ func createUnstructured(ctx context.Context, dyn dynamic.Interface, mapper meta.
 		return fmt.Errorf("%s %s/%s: %w", gvk.Kind, u.GetNamespace(), u.GetName(), err)
 	}
 	return nil
+}
+
+// uidOf is a stable UUID-shaped UID for an owner the sandbox does not create.
+func uidOf(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }
 
 func copyMap(m map[string]string) map[string]string {

@@ -153,8 +153,15 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if err := s.dp.Listen(); err != nil {
 		return nil, fmt.Errorf("data plane: %w", err)
 	}
+	// istiod first: its injection webhook must be serving when the pods
+	// are created.
+	if opts.Istiod {
+		if err := s.startIstiod(ctx); err != nil {
+			return nil, err
+		}
+	}
 	log.Info("creating objects", "scenario", scn.Name, "pods", len(s.dp.Pods()))
-	c := &creator{kube: kube, dyn: dyn, disc: kube.Discovery(), scn: scn, dp: s.dp}
+	c := &creator{kube: kube, dyn: dyn, disc: kube.Discovery(), scn: scn, dp: s.dp, istiodInjects: opts.Istiod}
 	if err := c.createAll(ctx); err != nil {
 		return nil, err
 	}
@@ -172,7 +179,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	go func() { _ = s.httpSrv.Serve(ln) }()
 
 	if opts.Istiod {
-		if err := s.startIstiod(ctx); err != nil {
+		if err := s.connectProxies(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -385,13 +392,21 @@ func (s *Sandbox) Stop() error {
 	return errors.Join(errs...)
 }
 
-// startIstiod runs istiod and connects every sidecar pod to it.
+// startIstiod runs istiod with its sidecar injection webhook registered.
 func (s *Sandbox) startIstiod(ctx context.Context) error {
-	i, err := controlplane.Start(ctx, controlplane.Options{Kubeconfig: s.KubeconfigPath(), Dir: filepath.Join(s.dir, "istiod")})
+	i, err := controlplane.Start(ctx, controlplane.Options{Kubeconfig: s.KubeconfigPath(), Dir: filepath.Join(s.dir, "istiod"), Injection: true})
 	if err != nil {
 		return fmt.Errorf("start istiod (build it with scripts/build-istiod.sh): %w", err)
 	}
 	s.istiod = i
+	s.log.Info("istiod ready", "took", i.StartedIn.Round(10*time.Millisecond), "webhook", i.WebhookReadyIn.Round(10*time.Millisecond), "debug", i.HTTPAddr)
+	return nil
+}
+
+// connectProxies connects every sidecar pod to istiod.
+func (s *Sandbox) connectProxies(ctx context.Context) error {
+	i := s.istiod
+	var err error
 	var pods []xdsproxy.Pod
 	for _, p := range s.dp.Pods() {
 		if p.Sidecar {
@@ -403,7 +418,7 @@ func (s *Sandbox) startIstiod(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.log.Info("istiod ready", "took", i.StartedIn.Round(10*time.Millisecond), "proxies", len(pods), "debug", i.HTTPAddr)
+	s.log.Info("proxies connected to istiod", "proxies", len(pods))
 	return nil
 }
 

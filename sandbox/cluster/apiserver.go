@@ -52,6 +52,8 @@ func apiserverArgs(port int, etcdURL string, p *pki, certDir string) []string {
 		"--service-cluster-ip-range=10.96.0.0/16",
 		// No controller-manager runs, so nothing creates the "default"
 		// ServiceAccount the ServiceAccount admission plugin insists on.
+		// The default plugins stay on, MutatingAdmissionWebhook among them:
+		// istiod's sidecar injector (controlplane) depends on it.
 		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 		"--profiling=false",

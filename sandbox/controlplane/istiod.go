@@ -22,6 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
 )
 
@@ -42,6 +45,10 @@ type Options struct {
 	Dir string
 	// Namespace is istiod's own (default istio-system).
 	Namespace string
+	// Injection installs the istio-sidecar-injector ConfigMap before
+	// istiod starts and, once it is ready, the MutatingWebhookConfiguration
+	// pointing at it; Start returns when the API server injects pods.
+	Injection bool
 }
 
 // Istiod is a running pilot-discovery.
@@ -52,11 +59,17 @@ type Istiod struct {
 	HTTPAddr, GRPCAddr, MonitoringAddr, WebhookAddr string
 	// StartedIn is the time from exec to ready.
 	StartedIn time.Duration
-	cmd       *exec.Cmd
-	exited    chan error
-	logPath   string
-	stopOnce  sync.Once
-	stopErr   error
+	// WebhookReadyIn is the time from ready until the API server injected
+	// a dry-run pod (Options.Injection).
+	WebhookReadyIn time.Duration
+	// CABundle is the mesh root (PEM) istiod signs with; its serving
+	// certificate chains to it.
+	CABundle []byte
+	cmd      *exec.Cmd
+	exited   chan error
+	logPath  string
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // Start runs pilot-discovery and waits until it reports ready.
@@ -78,6 +91,25 @@ func Start(ctx context.Context, o Options) (*Istiod, error) {
 	addr := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
 	i := &Istiod{HTTPAddr: addr(ports[0]), GRPCAddr: addr(ports[1]), MonitoringAddr: addr(ports[2]), WebhookAddr: addr(ports[3]),
 		exited: make(chan error, 1), logPath: filepath.Join(o.Dir, "istiod.log")}
+	certs, err := writeCerts(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("istiod certificates: %w", err)
+	}
+	i.CABundle = certs.rootPEM
+	var kube kubernetes.Interface
+	if o.Injection {
+		cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		cfg.QPS, cfg.Burst = 50, 100
+		if kube, err = kubernetes.NewForConfig(cfg); err != nil {
+			return nil, err
+		}
+		if err := installInjectorConfig(ctx, kube, o.Namespace); err != nil {
+			return nil, err
+		}
+	}
 	logf, err := os.Create(i.logPath)
 	if err != nil {
 		return nil, err
@@ -87,6 +119,7 @@ func Start(ctx context.Context, o Options) (*Istiod, error) {
 		"--kubeconfig", o.Kubeconfig,
 		"--httpAddr", i.HTTPAddr, "--grpcAddr", i.GRPCAddr, "--secureGRPCAddr", addr(ports[4]),
 		"--monitoringAddr", i.MonitoringAddr, "--httpsAddr", i.WebhookAddr,
+		"--tlsCertFile", certs.certFile, "--tlsKeyFile", certs.keyFile, "--caCertFile", certs.rootFile,
 		// No mounted files: the mesh config comes from the ConfigMap.
 		"--meshConfig", filepath.Join(o.Dir, "no-mesh-file"), "--networksConfig", filepath.Join(o.Dir, "no-networks-file"),
 		"--domain", "cluster.local", "--log_output_level", "default:info")
@@ -95,9 +128,18 @@ func Start(ctx context.Context, o Options) (*Istiod, error) {
 	cmd.Env = append(os.Environ(),
 		"POD_NAMESPACE="+o.Namespace, "POD_NAME=istiod-sandbox", "REVISION=default", "CLUSTER_ID=Kubernetes",
 		"PILOT_CERT_PROVIDER=istiod",
-		// The sandbox registers no validation webhook for istiod to patch.
+		// The sandbox registers no validation webhook for istiod to patch,
+		// and writes the injection webhook's caBundle itself (istiod would
+		// patch in the same root: sidecarinjector.go, NewWebhookCertPatcher).
 		"VALIDATION_WEBHOOK_CONFIG_NAME=",
 		"INJECTION_WEBHOOK_CONFIG_NAME=",
+		// Classic sidecars (istio-proxy in containers), as the sandbox's
+		// hand-written pods have. On "auto" the injector picks native
+		// sidecars from the nodes' kubelet versions (1.33+;
+		// pkg/kube/inject/webhook.go, DetectNativeSidecar), and with the
+		// pod's node not yet in its informer it checks every node, which
+		// would make the choice racy here.
+		"ENABLE_NATIVE_SIDECARS=false",
 	)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	began := time.Now()
@@ -112,6 +154,13 @@ func Start(ctx context.Context, o Options) (*Istiod, error) {
 		return nil, fmt.Errorf("%w\n%s", err, i.LogTail(30))
 	}
 	i.StartedIn = time.Since(began)
+	if o.Injection {
+		if err := registerWebhook(ctx, kube, i.InjectURL(), i.CABundle); err != nil {
+			_ = i.Stop()
+			return nil, fmt.Errorf("%w\n%s", err, i.LogTail(30))
+		}
+		i.WebhookReadyIn = time.Since(began) - i.StartedIn
+	}
 	return i, nil
 }
 
@@ -140,6 +189,9 @@ func (i *Istiod) waitReady(ctx context.Context) error {
 		}
 	}
 }
+
+// InjectURL is the sidecar injection webhook, as the API server calls it.
+func (i *Istiod) InjectURL() string { return "https://" + i.WebhookAddr + "/inject" }
 
 // Get fetches path from istiod's HTTP debug server.
 func (i *Istiod) Get(ctx context.Context, path string) ([]byte, error) {
