@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -39,6 +40,8 @@ type creator struct {
 	disc discovery.DiscoveryInterface
 	scn  *scenario.Scenario
 	dp   *dataplane.DataPlane
+	// etcd stores what the API server refuses to (endpointslices.go).
+	etcd *clientv3.Client
 }
 
 func (c *creator) createAll(ctx context.Context) error {
@@ -51,6 +54,7 @@ func (c *creator) createAll(ctx context.Context) error {
 		{"service accounts", c.serviceAccounts},
 		{"services", c.services},
 		{"pods", c.pods},
+		{"endpoint slices", c.endpointSlices},
 		{"gateway routes", c.gatewayRoutes},
 		{"scenario objects", c.objects},
 	}

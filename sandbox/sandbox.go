@@ -39,11 +39,30 @@ type Options struct {
 	// ScrapeInterval overrides the scenario's (default 15s).
 	ScrapeInterval time.Duration
 	Logger         *slog.Logger
-	// Istiod runs the real istiod (scripts/build-istiod.sh) against the
-	// API server and connects every simulated sidecar to it over ADS, so
-	// istiod's sync status shows the proxies (IstiodURL). The data plane
-	// still enforces modes with its own rules (sandbox/README.md).
+	// Istiod requires the real istiod (scripts/build-istiod.sh): it runs
+	// against the API server, every simulated sidecar holds an ADS stream
+	// to it as its pod's proxy (IstiodURL, /debug/syncz), and the sidecars
+	// enforce the listeners, clusters and endpoints it pushes; the data
+	// plane's own rules only cross-check (Disagreements). Without Istiod
+	// or NoIstiod, istiod runs when its binary is cached, and always when
+	// CI=true (where a missing binary is an error).
 	Istiod bool
+	// NoIstiod turns istiod off: the data plane decides with its own rules.
+	NoIstiod bool
+}
+
+// wantIstiod decides whether Start runs istiod (see Options.Istiod).
+func (o Options) wantIstiod() bool {
+	switch {
+	case o.Istiod:
+		return true
+	case o.NoIstiod:
+		return false
+	case os.Getenv("CI") == "true":
+		return true
+	}
+	_, err := controlplane.Binary.Find("")
+	return err == nil
 }
 
 // FlowStats is the ground truth of one flow.
@@ -154,12 +173,22 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, fmt.Errorf("data plane: %w", err)
 	}
 	log.Info("creating objects", "scenario", scn.Name, "pods", len(s.dp.Pods()))
-	c := &creator{kube: kube, dyn: dyn, disc: kube.Discovery(), scn: scn, dp: s.dp}
-	if err := c.createAll(ctx); err != nil {
+	etcd := s.cluster.EtcdClient()
+	c := &creator{kube: kube, dyn: dyn, disc: kube.Discovery(), scn: scn, dp: s.dp, etcd: etcd}
+	err = c.createAll(ctx)
+	_ = etcd.Close()
+	if err != nil {
 		return nil, err
 	}
 	if err := s.dp.Watch(ctx); err != nil {
 		return nil, err
+	}
+	if opts.wantIstiod() {
+		// Before any traffic: the sidecars refuse what istiod has not
+		// configured yet, so the flows start once every proxy has it.
+		if err := s.startIstiod(ctx); err != nil {
+			return nil, err
+		}
 	}
 	s.dp.StartTraffic()
 
@@ -170,12 +199,6 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	s.httpAddr = ln.Addr().String()
 	s.httpSrv = &http.Server{Handler: s.dp.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = s.httpSrv.Serve(ln) }()
-
-	if opts.Istiod {
-		if err := s.startIstiod(ctx); err != nil {
-			return nil, err
-		}
-	}
 
 	targets := s.targets()
 	s.prom, err = prometheus.Start(ctx, prometheus.Options{
@@ -403,9 +426,30 @@ func (s *Sandbox) startIstiod(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.log.Info("istiod ready", "took", i.StartedIn.Round(10*time.Millisecond), "proxies", len(pods), "debug", i.HTTPAddr)
+	s.dp.SetEnforcer(newXDSEnforcer(s.fleet))
+	began := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := s.fleet.WaitReady(wctx); err != nil {
+		return fmt.Errorf("%w\n%s", err, i.LogTail(20))
+	}
+	s.log.Info("istiod ready", "took", i.StartedIn.Round(10*time.Millisecond), "proxies", len(pods),
+		"first config in", time.Since(began).Round(10*time.Millisecond), "debug", i.HTTPAddr)
 	return nil
 }
+
+// Disagreements lists where istiod's configuration and the data plane's
+// own reading of Istio's rules decided a connection differently (istiod's
+// decision was enforced). Empty without istiod.
+func (s *Sandbox) Disagreements() []dataplane.Disagreement { return s.dp.Disagreements() }
+
+// ResetDisagreements forgets the disagreements seen so far.
+func (s *Sandbox) ResetDisagreements() { s.dp.ResetDisagreements() }
+
+// BlindOwnRules, for tests, hides every PeerAuthentication and
+// DestinationRule from the data plane's own rules, so only istiod's
+// configuration can still enforce them.
+func (s *Sandbox) BlindOwnRules(blind bool) { s.dp.BlindOwnRules(blind) }
 
 // IstiodURL is istiod's debug server, for `apply --istiod-url` ("" without
 // Options.Istiod).

@@ -191,7 +191,15 @@ func (d *DataPlane) meshRequest(ctx context.Context, client *Pod, svc *Service, 
 		return fail(unknownPeer, 503, "UH") // no healthy upstream
 	}
 	dst := ep.peer
-	useTLS := d.useMTLS(client, svc, sp, ep, choice)
+	useTLS, alpn := d.useMTLS(client, svc, sp, ep, choice), istioALPN
+	if choice == TLSAuto {
+		var ok bool
+		if useTLS, alpn, ok = d.outboundDecision(client, svc, sp.Port, sp.Target(), ep, useTLS); !ok {
+			// No cluster or endpoint from istiod: Envoy answers 503 NC
+			// (upstream cluster not found).
+			return fail(unknownPeer, 503, "NC")
+		}
+	}
 	if !useTLS {
 		dst.principal = unknown
 	}
@@ -201,6 +209,7 @@ func (d *DataPlane) meshRequest(ctx context.Context, client *Pod, svc *Service, 
 		if err != nil {
 			return fail(dst, 503, "UF")
 		}
+		cfg.NextProtos = alpn
 		tlsCfg = cfg
 	}
 	peerHeader := encodePeer(client.peer)

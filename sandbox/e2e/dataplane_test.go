@@ -58,6 +58,10 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared != nil {
+		for _, d := range shared.Disagreements() {
+			fmt.Fprintf(os.Stderr, "istiod and the sandbox's rules disagree: %s\n", d)
+			code = 1
+		}
 		if err := shared.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "stop sandbox:", err)
 			code = 1

@@ -5,22 +5,29 @@
 // lists each as a connected proxy with the nonces it sent and the proxy
 // acknowledged, which is what `mtls-migrate apply` waits on.
 //
-// What it does not do yet: enforce the listeners it receives (the data
-// plane still decides inbound and outbound modes with its own reading of
-// Istio's rules; see sandbox/README.md). Hold lets a test delay the
-// acknowledgements, so a wait that ends before the proxies ack is seen.
+// Each proxy also subscribes to the endpoints (EDS) of the EDS clusters
+// it is sent, and decodes every push into a Table (table.go) that the data
+// plane enforces: which inbound filter chain a connection matches, and
+// which transport socket the proxy uses to an endpoint. The Table is
+// replaced before the push is acknowledged, so an ACK means "enforcing".
+// Hold lets a test delay the acknowledgements, so a wait that ends before
+// the proxies ack is seen.
 package xdsproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -65,7 +72,20 @@ type Proxy struct {
 	acked    map[string]int
 	received map[string]int
 	lastErr  error
+
+	table atomic.Pointer[Table]
+	// ready is closed once listeners, clusters and their endpoints have
+	// all been applied once.
+	ready     chan struct{}
+	readyOnce sync.Once
 }
+
+// Table is what the proxy enforces now (nil before its first push).
+func (p *Proxy) Table() *Table { return p.table.Load() }
+
+// Ready is closed when the proxy has its first listeners, clusters and
+// endpoints.
+func (p *Proxy) Ready() <-chan struct{} { return p.ready }
 
 // Stats returns the responses received and acknowledged per type.
 func (p *Proxy) Stats() (received, acked map[string]int, err error) {
@@ -120,7 +140,7 @@ func Connect(ctx context.Context, grpcAddr, istioVersion string, pods []Pod) (*F
 			f.Close()
 			return nil, err
 		}
-		p := &Proxy{Pod: pod, acked: map[string]int{}, received: map[string]int{}}
+		p := &Proxy{Pod: pod, acked: map[string]int{}, received: map[string]int{}, ready: make(chan struct{})}
 		f.Proxies = append(f.Proxies, p)
 		node := &corev3.Node{Id: pod.NodeID(), Cluster: pod.Labels["app"] + "." + pod.Namespace, Metadata: md}
 		f.wg.Add(1)
@@ -147,6 +167,16 @@ func (f *Fleet) run(ctx context.Context, p *Proxy, node *corev3.Node) {
 	}
 }
 
+// state is one stream's view of the last response of each type.
+type state struct {
+	res      map[string][]*anypb.Any
+	versions map[string]string
+	// eds is the EDS subscription sent; edsVersion/edsNonce its last response.
+	eds                []string
+	edsSent            bool
+	edsVersion, edsNon string
+}
+
 func (f *Fleet) stream(ctx context.Context, p *Proxy, node *corev3.Node) error {
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(f.conn)
 	s, err := ads.StreamAggregatedResources(ctx)
@@ -158,6 +188,7 @@ func (f *Fleet) stream(ctx context.Context, p *Proxy, node *corev3.Node) error {
 			return err
 		}
 	}
+	st := &state{res: map[string][]*anypb.Any{}, versions: map[string]string{}}
 	for {
 		resp, err := s.Recv()
 		if err != nil {
@@ -173,15 +204,92 @@ func (f *Fleet) stream(ctx context.Context, p *Proxy, node *corev3.Node) error {
 			case <-time.After(d):
 			}
 		}
+		st.res[resp.TypeUrl] = resp.Resources
+		st.versions[resp.TypeUrl] = resp.VersionInfo
+		if resp.TypeUrl == EndpointType {
+			st.edsVersion, st.edsNon = resp.VersionInfo, resp.Nonce
+		}
+		t := st.build()
+		p.table.Store(t)
+		// Subscribe to the endpoints of the EDS clusters, as Envoy does
+		// while it warms them (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#resource-warming).
+		if resp.TypeUrl == ClusterType && t.clusters != nil {
+			if names := edsNames(t.clusters); !st.edsSent || !slices.Equal(names, st.eds) {
+				st.eds, st.edsSent = names, true
+				req := &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: EndpointType, ResourceNames: names, VersionInfo: st.edsVersion, ResponseNonce: st.edsNon}
+				if err := s.Send(req); err != nil {
+					return err
+				}
+			}
+		}
+		if t.Err == nil && t.inbound != nil && t.clusters != nil && (len(st.eds) == 0 || t.endpoints != nil) {
+			p.readyOnce.Do(func() { close(p.ready) })
+		}
 		// An ACK: the version and nonce of what was received
 		// (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#ack).
-		if err := s.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+		// A push that did not decode is still acknowledged: the sandbox
+		// fails closed on it instead of NACKing, and the Table says why.
+		ack := &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}
+		if resp.TypeUrl == EndpointType {
+			ack.ResourceNames = st.eds
+		}
+		if err := s.Send(ack); err != nil {
 			return err
 		}
 		p.mu.Lock()
 		p.acked[resp.TypeUrl]++
 		p.mu.Unlock()
 	}
+}
+
+// build decodes the last response of each type into a new Table.
+func (st *state) build() *Table {
+	t := &Table{Versions: map[string]string{}, At: time.Now()}
+	for k, v := range st.versions {
+		t.Versions[k] = v
+	}
+	var errs []error
+	if res, ok := st.res[ListenerType]; ok {
+		in, err := decodeListeners(res)
+		errs = append(errs, err)
+		t.inbound = in
+	}
+	if res, ok := st.res[ClusterType]; ok {
+		cs, err := decodeClusters(res)
+		errs = append(errs, err)
+		t.clusters = cs
+	}
+	if res, ok := st.res[EndpointType]; ok {
+		eps, err := decodeEndpoints(res)
+		errs = append(errs, err)
+		t.endpoints = eps
+	}
+	t.Err = errors.Join(errs...)
+	return t
+}
+
+// WaitReady waits until every proxy has had its first listeners, clusters
+// and endpoints, or ctx ends.
+func (f *Fleet) WaitReady(ctx context.Context) error {
+	for _, p := range f.Proxies {
+		select {
+		case <-p.ready:
+		case <-ctx.Done():
+			_, _, err := p.Stats()
+			return fmt.Errorf("proxy %s/%s has no configuration from istiod yet (last stream error: %v): %w", p.Pod.Namespace, p.Pod.Name, err, ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Proxy returns the proxy of pod ns/name (nil if not connected).
+func (f *Fleet) Proxy(ns, name string) *Proxy {
+	for _, p := range f.Proxies {
+		if p.Pod.Namespace == ns && p.Pod.Name == name {
+			return p
+		}
+	}
+	return nil
 }
 
 // Close ends every stream.
