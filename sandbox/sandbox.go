@@ -443,8 +443,15 @@ func (s *Sandbox) startIstiod(ctx context.Context) error {
 // decision was enforced). Empty without istiod.
 func (s *Sandbox) Disagreements() []dataplane.Disagreement { return s.dp.Disagreements() }
 
-// ResetDisagreements forgets the disagreements seen so far.
+// ResetDisagreements forgets the disagreements and decisions seen so far.
 func (s *Sandbox) ResetDisagreements() { s.dp.ResetDisagreements() }
+
+// EnforcerDecisions counts the decisions taken from istiod's configuration
+// by direction, and the connections and requests refused for want of one
+// (by direction and reason): after start-up there should be none.
+func (s *Sandbox) EnforcerDecisions() (decided, undecided map[string]int) {
+	return s.dp.EnforcerDecisions()
+}
 
 // BlindOwnRules, for tests, hides every PeerAuthentication and
 // DestinationRule from the data plane's own rules, so only istiod's

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -117,6 +118,26 @@ const DisagreementSettle = 3 * time.Second
 type disagreements struct {
 	mu   sync.Mutex
 	byID map[string]*Disagreement
+	// decided counts the Enforcer's decisions by direction; undecided the
+	// errors (no decision: failed closed) by direction and message.
+	decided   map[string]int
+	undecided map[string]int
+}
+
+func (ds *disagreements) count(direction string, err error) {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	if err == nil {
+		if ds.decided == nil {
+			ds.decided = map[string]int{}
+		}
+		ds.decided[direction]++
+		return
+	}
+	if ds.undecided == nil {
+		ds.undecided = map[string]int{}
+	}
+	ds.undecided[direction+": "+err.Error()]++
 }
 
 func (ds *disagreements) record(d Disagreement) {
@@ -167,11 +188,27 @@ func (d *DataPlane) Disagreements() []Disagreement {
 	return out
 }
 
-// ResetDisagreements forgets the disagreements seen so far.
+// ResetDisagreements forgets the disagreements and decisions seen so far.
 func (d *DataPlane) ResetDisagreements() {
 	d.dis.mu.Lock()
-	d.dis.byID = nil
+	d.dis.byID, d.dis.decided, d.dis.undecided = nil, nil, nil
 	d.dis.mu.Unlock()
+}
+
+// EnforcerDecisions counts the Enforcer's decisions by direction
+// ("inbound", "outbound"), and the times it had none (the connection or
+// request failed closed) by direction and reason.
+func (d *DataPlane) EnforcerDecisions() (decided, undecided map[string]int) {
+	d.dis.mu.Lock()
+	defer d.dis.mu.Unlock()
+	decided, undecided = map[string]int{}, map[string]int{}
+	for k, v := range d.dis.decided {
+		decided[k] = v
+	}
+	for k, v := range d.dis.undecided {
+		undecided[k] = v
+	}
+	return decided, undecided
 }
 
 // settled: long enough since the last policy change to compare.
@@ -186,26 +223,18 @@ func (p *Pod) ref() PodRef { return PodRef{Namespace: p.Namespace, Name: p.Name,
 // our rule (mode) cross-checked; without one, our rule decides.
 func (d *DataPlane) inboundDecision(p *Pod, port int, c InboundConn) (accept, terminate bool) {
 	mode := d.modeFor(p, port)
-	// PERMISSIVE accepts both; STRICT only mTLS; DISABLE only plaintext
-	// (https://istio.io/latest/docs/reference/config/security/peer_authentication/#PeerAuthentication-MutualTLS-Mode).
-	ours := !(c.TLS && mode == ModeDisable) && !(!c.TLS && mode == ModeStrict)
+	ours, oursTerminate, oursText := d.ownInbound(p, port, c, mode)
 	e := d.enforcerFor(p)
 	if e == nil {
-		return ours, c.TLS
+		return ours, oursTerminate
 	}
 	v, err := e.Inbound(p.ref(), port, c)
+	d.dis.count("inbound", err)
 	if err != nil {
 		d.log.Debug("no inbound decision from istiod: reset", "pod", p.ref().String(), "port", port, "err", err)
 		return false, false
 	}
-	if d.settled() && (v.Accept != ours || (v.Accept && c.TLS && !v.Terminate)) {
-		oursText := fmt.Sprintf("reset (%s)", mode)
-		if ours {
-			oursText = fmt.Sprintf("accept, terminate mTLS (%s)", mode)
-			if !c.TLS {
-				oursText = fmt.Sprintf("accept plaintext (%s)", mode)
-			}
-		}
+	if d.settled() && (v.Accept != ours || (v.Accept && v.Terminate != oursTerminate)) {
 		d.dis.record(Disagreement{Direction: "inbound", Pod: p.ref().String(), Port: port, Peer: c.String(), Istiod: v.String(), Ours: oursText})
 	}
 	if v.Terminate && !c.TLS {
@@ -215,15 +244,47 @@ func (d *DataPlane) inboundDecision(p *Pod, port int, c InboundConn) (accept, te
 	return v.Accept, v.Terminate
 }
 
+// ownInbound is the data plane's own reading of what a sidecar does with
+// an inbound connection in mode, following the filter chains istiod builds
+// for it (getFilterChainMatchOptions in istio's
+// pilot/pkg/networking/core/filterchain_options.go):
+//   - PERMISSIVE accepts plaintext, and terminates TLS that offers one of
+//     Istio's ALPN values (istio, istio-peer-exchange, istio-http/1.0,
+//     istio-http/1.1, istio-h2); other TLS is reset on a port a Service
+//     declares HTTP (its chains all want those ALPN values), and passed to
+//     the app as it came on a TCP, unnamed or undeclared port;
+//   - STRICT terminates any TLS and resets plaintext;
+//   - DISABLE accepts plaintext and resets TLS
+//
+// (https://istio.io/latest/docs/reference/config/security/peer_authentication/#PeerAuthentication-MutualTLS-Mode).
+func (d *DataPlane) ownInbound(p *Pod, port int, c InboundConn, mode Mode) (accept, terminate bool, text string) {
+	switch {
+	case !c.TLS && mode == ModeStrict, c.TLS && mode == ModeDisable:
+		return false, false, fmt.Sprintf("reset (%s)", mode)
+	case !c.TLS:
+		return true, false, fmt.Sprintf("accept plaintext (%s)", mode)
+	case mode == ModeStrict || slices.ContainsFunc(c.ALPN, func(a string) bool { return slices.Contains(istioMTLSALPNs, a) }):
+		return true, true, fmt.Sprintf("accept, terminate mTLS (%s)", mode)
+	case d.topo.httpServicePort(p, port):
+		return false, false, fmt.Sprintf("reset (%s, HTTP Service port, TLS without Istio's ALPN)", mode)
+	}
+	return true, false, fmt.Sprintf("accept, pass TLS through (%s, TLS without Istio's ALPN)", mode)
+}
+
+// istioMTLSALPNs are the ALPN values istiod's PERMISSIVE chains terminate
+// (allIstioMtlsALPNs in filterchain_options.go).
+var istioMTLSALPNs = []string{"istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"}
+
 // outboundDecision decides whether the client's sidecar sends mTLS to ep
 // (and with which ALPN); ok=false means there is no decision.
-func (d *DataPlane) outboundDecision(client *Pod, svc *Service, servicePort, targetPort int, ep *Pod, ours bool) (mtls bool, alpn []string, ok bool) {
+func (d *DataPlane) outboundDecision(client *Pod, svc *Service, servicePort, targetPort int, ep *Pod, ours bool, oursALPN []string) (mtls bool, alpn []string, ok bool) {
 	e := d.enforcerFor(client)
 	if e == nil {
-		return ours, istioALPN, true
+		return ours, oursALPN, true
 	}
 	to := OutboundTarget{ServiceFQDN: svc.FQDN(), ServicePort: servicePort, EndpointIP: ep.IP, EndpointPort: targetPort, Endpoint: ep.ref()}
 	v, err := e.Outbound(client.ref(), to)
+	d.dis.count("outbound", err)
 	if err != nil {
 		d.log.Debug("no outbound decision from istiod: refuse", "pod", client.ref().String(), "to", to.ServiceFQDN, "err", err)
 		return false, nil, false

@@ -84,12 +84,13 @@ namespaces:
 workloads:
   - name: api
     namespace: prod
-    ports: [{name: http, port: 8080}, {name: http-admin, port: 9090}, {name: tcp, port: 7070, protocol: tcp}]
+    ports: [{name: http, port: 8080}, {name: http-admin, port: 9090}, {name: tcp, port: 7070, protocol: tcp}, {name: tcp-db, port: 5432, protocol: tcp}]
   - {name: worker, namespace: prod, ports: [{name: http, port: 8080}]}
   - {name: client, namespace: other}
   - {name: curl, namespace: legacy, ports: [{name: http, port: 8080}]}
 services:
-  - {name: api, namespace: prod, ports: [{name: http, port: 8080}, {name: http-admin, port: 9090}]}
+  - {name: api, namespace: prod, ports: [{name: http, port: 8080}, {name: http-admin, port: 9090}, {name: tcp-db, port: 5432}]}
+  - {name: api-web, namespace: prod, selector: {app: api}, ports: [{name: http-web, port: 80, targetPort: 8080}]}
   - {name: worker, namespace: prod, ports: [{name: http, port: 8080}]}
   - {name: curl, namespace: legacy, ports: [{name: http, port: 8080}]}
 `
@@ -140,10 +141,13 @@ func TestE2EIstiodDecidesLikeOurRules(t *testing.T) {
 		{"workload STRICT, port 9090 DISABLE", []*unstructured.Unstructured{peerAuthn("prod", "api", api, "STRICT", map[string]string{"9090": "DISABLE"})}},
 		{"namespace STRICT, workload UNSET, port 9090 PERMISSIVE", []*unstructured.Unstructured{
 			peerAuthn("prod", "default", nil, "STRICT", nil), peerAuthn("prod", "api", api, "UNSET", map[string]string{"9090": "PERMISSIVE"})}},
+		{"workload STRICT, port-level keyed by the Service port 80 (ignored: target port 8080)", []*unstructured.Unstructured{peerAuthn("prod", "api", api, "PERMISSIVE", map[string]string{"80": "STRICT"})}},
+		{"namespace STRICT, TCP port 5432 DISABLE", []*unstructured.Unstructured{peerAuthn("prod", "default", nil, "STRICT", nil), peerAuthn("prod", "api", api, "", map[string]string{"5432": "DISABLE"})}},
 		{"root selector ignored", []*unstructured.Unstructured{peerAuthn("istio-system", "api", api, "STRICT", nil)}},
 		{"DR DISABLE in the client namespace", []*unstructured.Unstructured{dr("other", "api", "api.prod.svc.cluster.local", "DISABLE", nil)}},
 		{"DR ISTIO_MUTUAL to a sidecar-less server", []*unstructured.Unstructured{dr("other", "curl", "curl.legacy.svc.cluster.local", "ISTIO_MUTUAL", nil)}},
 		{"DR port 9090 DISABLE in the service namespace", []*unstructured.Unstructured{dr("prod", "api", "api", "", map[int64]string{9090: "DISABLE"})}},
+		{"DR SIMPLE from a meshed client (TLS without Istio's ALPN)", []*unstructured.Unstructured{dr("other", "api", "api.prod.svc.cluster.local", "SIMPLE", nil)}},
 		{"DR wildcard in the root namespace DISABLE", []*unstructured.Unstructured{dr("istio-system", "all", "*.local", "DISABLE", nil)}},
 	}
 	ctx := context.Background()
@@ -165,19 +169,23 @@ func TestE2EIstiodDecidesLikeOurRules(t *testing.T) {
 			for _, w := range []struct {
 				workload string
 				ports    []int
-			}{{"api", []int{8080, 9090, 7070}}, {"worker", []int{8080}}} {
+			}{{"api", []int{8080, 9090, 7070, 5432}}, {"worker", []int{8080}}} {
 				for _, port := range w.ports {
 					for _, mtls := range []bool{false, true} {
 						s.ProbePod(ctx, "prod", w.workload, port, mtls)
 					}
 				}
 			}
-			for _, to := range []string{"api.prod:8080", "api.prod:9090", "worker.prod:8080", "curl.legacy:8080"} {
+			for _, to := range []string{"api.prod:8080", "api.prod:9090", "api.prod:5432", "api-web.prod:80", "worker.prod:8080", "curl.legacy:8080"} {
 				s.Probe(ctx, "other/client", to, sandbox.TLSAuto)
 			}
 			for _, dis := range s.Disagreements() {
 				t.Errorf("disagreement: %s", dis)
 				all = append(all, tc.name+": "+dis.String())
+			}
+			decided, undecided := s.EnforcerDecisions()
+			if decided["inbound"] == 0 || decided["outbound"] == 0 || len(undecided) > 0 {
+				t.Errorf("decisions from istiod's configuration %v, refused for want of one %v: want some of each direction and no refusal", decided, undecided)
 			}
 		})
 	}

@@ -62,6 +62,10 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "istiod and the sandbox's rules disagree: %s\n", d)
 			code = 1
 		}
+		if _, undecided := shared.EnforcerDecisions(); len(undecided) > 0 {
+			fmt.Fprintf(os.Stderr, "refused for want of istiod's configuration: %v\n", undecided)
+			code = 1
+		}
 		if err := shared.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "stop sandbox:", err)
 			code = 1

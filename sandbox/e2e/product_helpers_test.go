@@ -88,6 +88,9 @@ func startScenario(t *testing.T, file string, mutate func(*scenario.Scenario), o
 		for _, d := range s.Disagreements() {
 			t.Errorf("istiod and the sandbox's rules disagree: %s", d)
 		}
+		if _, undecided := s.EnforcerDecisions(); len(undecided) > 0 {
+			t.Errorf("refused for want of istiod's configuration: %v", undecided)
+		}
 		if err := s.Stop(); err != nil {
 			t.Errorf("stop sandbox: %v", err)
 		}

@@ -175,6 +175,13 @@ type state struct {
 	eds                []string
 	edsSent            bool
 	edsVersion, edsNon string
+	// endpoints merges every EDS response: in the state-of-the-world
+	// protocol only Listener and Cluster responses hold every resource; an
+	// EDS response holds those that changed, and the others stand
+	// (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#grouping-resources-into-responses;
+	// istiod sends partial EDS pushes, pilot/pkg/xds/eds.go).
+	endpoints map[string]map[string]*structpb.Struct
+	edsErr    error
 }
 
 func (f *Fleet) stream(ctx context.Context, p *Proxy, node *corev3.Node) error {
@@ -204,10 +211,19 @@ func (f *Fleet) stream(ctx context.Context, p *Proxy, node *corev3.Node) error {
 			case <-time.After(d):
 			}
 		}
-		st.res[resp.TypeUrl] = resp.Resources
 		st.versions[resp.TypeUrl] = resp.VersionInfo
 		if resp.TypeUrl == EndpointType {
 			st.edsVersion, st.edsNon = resp.VersionInfo, resp.Nonce
+			eps, err := decodeEndpoints(resp.Resources)
+			st.edsErr = err
+			if st.endpoints == nil {
+				st.endpoints = map[string]map[string]*structpb.Struct{}
+			}
+			for k, v := range eps {
+				st.endpoints[k] = v
+			}
+		} else {
+			st.res[resp.TypeUrl] = resp.Resources
 		}
 		t := st.build()
 		p.table.Store(t)
@@ -216,6 +232,11 @@ func (f *Fleet) stream(ctx context.Context, p *Proxy, node *corev3.Node) error {
 		if resp.TypeUrl == ClusterType && t.clusters != nil {
 			if names := edsNames(t.clusters); !st.edsSent || !slices.Equal(names, st.eds) {
 				st.eds, st.edsSent = names, true
+				for k := range st.endpoints {
+					if !slices.Contains(names, k) {
+						delete(st.endpoints, k) // unsubscribed
+					}
+				}
 				req := &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: EndpointType, ResourceNames: names, VersionInfo: st.edsVersion, ResponseNonce: st.edsNon}
 				if err := s.Send(req); err != nil {
 					return err
@@ -259,10 +280,12 @@ func (st *state) build() *Table {
 		errs = append(errs, err)
 		t.clusters = cs
 	}
-	if res, ok := st.res[EndpointType]; ok {
-		eps, err := decodeEndpoints(res)
-		errs = append(errs, err)
-		t.endpoints = eps
+	if st.endpoints != nil {
+		t.endpoints = make(map[string]map[string]*structpb.Struct, len(st.endpoints))
+		for k, v := range st.endpoints {
+			t.endpoints[k] = v
+		}
+		errs = append(errs, st.edsErr)
 	}
 	t.Err = errors.Join(errs...)
 	return t
