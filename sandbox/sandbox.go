@@ -45,11 +45,16 @@ type Options struct {
 	// enforce the listeners, clusters and endpoints it pushes; the data
 	// plane's own rules only cross-check (Disagreements). Without Istiod
 	// or NoIstiod, istiod runs when its binary is cached, and always when
-	// CI=true (where a missing binary is an error).
+	// CI=true (where a missing binary is an error); $SANDBOX_ISTIOD=off
+	// (or on) overrides that default, e.g. for a whole e2e run.
 	Istiod bool
 	// NoIstiod turns istiod off: the data plane decides with its own rules.
 	NoIstiod bool
 }
+
+// EnvIstiod names the environment variable that turns the default istiod
+// off ("off") or requires it ("on").
+const EnvIstiod = "SANDBOX_ISTIOD"
 
 // wantIstiod decides whether Start runs istiod (see Options.Istiod).
 func (o Options) wantIstiod() bool {
@@ -58,7 +63,9 @@ func (o Options) wantIstiod() bool {
 		return true
 	case o.NoIstiod:
 		return false
-	case os.Getenv("CI") == "true":
+	case os.Getenv(EnvIstiod) == "off":
+		return false
+	case os.Getenv(EnvIstiod) == "on", os.Getenv("CI") == "true":
 		return true
 	}
 	_, err := controlplane.Binary.Find("")
@@ -417,8 +424,8 @@ func (s *Sandbox) startIstiod(ctx context.Context) error {
 	s.istiod = i
 	var pods []xdsproxy.Pod
 	for _, p := range s.dp.Pods() {
-		if p.Sidecar {
-			pods = append(pods, xdsproxy.Pod{Name: p.Name, Namespace: p.Namespace, IP: p.IP, ServiceAccount: p.ServiceAccount, Labels: p.Labels})
+		if p.Sidecar || p.Gateway {
+			pods = append(pods, xdsproxy.Pod{Name: p.Name, Namespace: p.Namespace, IP: p.IP, ServiceAccount: p.ServiceAccount, Labels: p.Labels, Router: p.Gateway})
 		}
 	}
 	// The streams live until Stop, not as long as the start-up context.

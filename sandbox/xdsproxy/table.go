@@ -297,7 +297,8 @@ func subset(match, md *structpb.Struct) bool {
 	return true
 }
 
-// decodeListeners finds virtualInbound among a LDS response.
+// decodeListeners finds virtualInbound among a LDS response (nil for a
+// gateway, which has none).
 func decodeListeners(res []*anypb.Any) (*inboundListener, error) {
 	for _, a := range res {
 		l := &listenerv3.Listener{}
@@ -320,7 +321,7 @@ func decodeListeners(res []*anypb.Any) (*inboundListener, error) {
 		}
 		return in, nil
 	}
-	return nil, fmt.Errorf("no %s listener among %d", virtualInbound, len(res))
+	return nil, nil
 }
 
 func decodeChain(fc *listenerv3.FilterChain) (chain, error) {

@@ -41,13 +41,20 @@ const (
 type Pod struct {
 	Name, Namespace, IP, ServiceAccount string
 	Labels                              map[string]string
+	// Router: a gateway (pilot-agent's "router" proxy type), which has no
+	// virtualInbound listener.
+	Router bool
 }
 
-// NodeID is pilot-agent's node ID for a sidecar:
-// sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local
-// (pkg/model/proxy.go in istio, ServiceNode).
+// NodeID is pilot-agent's node ID: TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local
+// with TYPE sidecar or router (pkg/istio-agent/agent.go ServiceNode and
+// the NodeType values in pkg/model/proxy.go, in istio).
 func (p Pod) NodeID() string {
-	return fmt.Sprintf("sidecar~%s~%s.%s~%s.svc.cluster.local", p.IP, p.Name, p.Namespace, p.Namespace)
+	typ := "sidecar"
+	if p.Router {
+		typ = "router"
+	}
+	return fmt.Sprintf("%s~%s~%s.%s~%s.svc.cluster.local", typ, p.IP, p.Name, p.Namespace, p.Namespace)
 }
 
 // metadata is the subset of pilot-agent's node metadata istiod needs to
@@ -243,7 +250,8 @@ func (f *Fleet) stream(ctx context.Context, p *Proxy, node *corev3.Node) error {
 				}
 			}
 		}
-		if t.Err == nil && t.inbound != nil && t.clusters != nil && (len(st.eds) == 0 || t.endpoints != nil) {
+		_, haveListeners := st.res[ListenerType]
+		if t.Err == nil && haveListeners && (t.inbound != nil || p.Pod.Router) && t.clusters != nil && (len(st.eds) == 0 || t.endpoints != nil) {
 			p.readyOnce.Do(func() { close(p.ready) })
 		}
 		// An ACK: the version and nonce of what was received
