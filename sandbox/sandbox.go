@@ -460,7 +460,7 @@ func (s *Sandbox) EnforcerDecisions() (decided, undecided map[string]int) {
 	return s.dp.EnforcerDecisions()
 }
 
-// BlindOwnRules, for tests, hides every PeerAuthentication and
+// BlindOwnRules hides, for tests, every PeerAuthentication and
 // DestinationRule from the data plane's own rules, so only istiod's
 // configuration can still enforce them.
 func (s *Sandbox) BlindOwnRules(blind bool) { s.dp.BlindOwnRules(blind) }

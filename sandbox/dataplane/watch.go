@@ -37,7 +37,7 @@ func (d *DataPlane) snapshot() *policySnapshot {
 	return s
 }
 
-// BlindOwnRules, for tests, makes the data plane's own rules see no
+// BlindOwnRules makes, for tests, the data plane's own rules see no
 // PeerAuthentications or DestinationRules (everything PERMISSIVE, auto
 // mTLS), so what is still enforced comes from the Enforcer alone.
 func (d *DataPlane) BlindOwnRules(blind bool) { d.blind.Store(blind) }

@@ -137,7 +137,7 @@ func (t *Table) Inbound(ip netip.Addr, port uint32, tls bool, alpn []string, htt
 
 func (t *Table) noConfig(what string) error {
 	if t != nil && t.Err != nil {
-		return fmt.Errorf("%s: %w (last push did not decode: %v)", what, ErrNoConfig, t.Err)
+		return fmt.Errorf("%s: %w (last push did not decode: %w)", what, ErrNoConfig, t.Err)
 	}
 	return fmt.Errorf("%s: %w", what, ErrNoConfig)
 }

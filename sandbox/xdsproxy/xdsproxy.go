@@ -306,8 +306,10 @@ func (f *Fleet) WaitReady(ctx context.Context) error {
 		select {
 		case <-p.ready:
 		case <-ctx.Done():
-			_, _, err := p.Stats()
-			return fmt.Errorf("proxy %s/%s has no configuration from istiod yet (last stream error: %v): %w", p.Pod.Namespace, p.Pod.Name, err, ctx.Err())
+			if _, _, err := p.Stats(); err != nil {
+				return fmt.Errorf("proxy %s/%s has no configuration from istiod yet (last stream error: %w): %w", p.Pod.Namespace, p.Pod.Name, err, ctx.Err())
+			}
+			return fmt.Errorf("proxy %s/%s has no configuration from istiod yet: %w", p.Pod.Namespace, p.Pod.Name, ctx.Err())
 		}
 	}
 	return nil
