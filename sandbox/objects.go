@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -43,6 +44,8 @@ type creator struct {
 	dp   *dataplane.DataPlane
 	// istiodInjects: istiod's webhook injects the pods (Options.Istiod).
 	istiodInjects bool
+	// etcd stores what the API server refuses to (endpointslices.go).
+	etcd *clientv3.Client
 }
 
 func (c *creator) createAll(ctx context.Context) error {
@@ -55,6 +58,7 @@ func (c *creator) createAll(ctx context.Context) error {
 		{"service accounts", c.serviceAccounts},
 		{"services", c.services},
 		{"pods", c.pods},
+		{"endpoint slices", c.endpointSlices},
 		{"gateway routes", c.gatewayRoutes},
 		{"scenario objects", c.objects},
 	}

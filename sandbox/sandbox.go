@@ -39,11 +39,37 @@ type Options struct {
 	// ScrapeInterval overrides the scenario's (default 15s).
 	ScrapeInterval time.Duration
 	Logger         *slog.Logger
-	// Istiod runs the real istiod (scripts/build-istiod.sh) against the
-	// API server and connects every simulated sidecar to it over ADS, so
-	// istiod's sync status shows the proxies (IstiodURL). The data plane
-	// still enforces modes with its own rules (sandbox/README.md).
+	// Istiod requires the real istiod (scripts/build-istiod.sh): it runs
+	// against the API server, every simulated sidecar holds an ADS stream
+	// to it as its pod's proxy (IstiodURL, /debug/syncz), and the sidecars
+	// enforce the listeners, clusters and endpoints it pushes; the data
+	// plane's own rules only cross-check (Disagreements). Without Istiod
+	// or NoIstiod, istiod runs when its binary is cached, and always when
+	// CI=true (where a missing binary is an error); $SANDBOX_ISTIOD=off
+	// (or on) overrides that default, e.g. for a whole e2e run.
 	Istiod bool
+	// NoIstiod turns istiod off: the data plane decides with its own rules.
+	NoIstiod bool
+}
+
+// EnvIstiod names the environment variable that turns the default istiod
+// off ("off") or requires it ("on").
+const EnvIstiod = "SANDBOX_ISTIOD"
+
+// wantIstiod decides whether Start runs istiod (see Options.Istiod).
+func (o Options) wantIstiod() bool {
+	switch {
+	case o.Istiod:
+		return true
+	case o.NoIstiod:
+		return false
+	case os.Getenv(EnvIstiod) == "off":
+		return false
+	case os.Getenv(EnvIstiod) == "on", os.Getenv("CI") == "true":
+		return true
+	}
+	_, err := controlplane.Binary.Find("")
+	return err == nil
 }
 
 // FlowStats is the ground truth of one flow.
@@ -155,18 +181,28 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	// istiod first: its injection webhook must be serving when the pods
 	// are created.
-	if opts.Istiod {
+	if opts.wantIstiod() {
 		if err := s.startIstiod(ctx); err != nil {
 			return nil, err
 		}
 	}
 	log.Info("creating objects", "scenario", scn.Name, "pods", len(s.dp.Pods()))
-	c := &creator{kube: kube, dyn: dyn, disc: kube.Discovery(), scn: scn, dp: s.dp, istiodInjects: opts.Istiod}
-	if err := c.createAll(ctx); err != nil {
+	etcd := s.cluster.EtcdClient()
+	c := &creator{kube: kube, dyn: dyn, disc: kube.Discovery(), scn: scn, dp: s.dp, etcd: etcd, istiodInjects: opts.wantIstiod()}
+	err = c.createAll(ctx)
+	_ = etcd.Close()
+	if err != nil {
 		return nil, err
 	}
 	if err := s.dp.Watch(ctx); err != nil {
 		return nil, err
+	}
+	if opts.wantIstiod() {
+		// Before any traffic: the sidecars refuse what istiod has not
+		// configured yet, so the flows start once every proxy has it.
+		if err := s.connectProxies(ctx); err != nil {
+			return nil, err
+		}
 	}
 	s.dp.StartTraffic()
 
@@ -177,12 +213,6 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	s.httpAddr = ln.Addr().String()
 	s.httpSrv = &http.Server{Handler: s.dp.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = s.httpSrv.Serve(ln) }()
-
-	if opts.Istiod {
-		if err := s.connectProxies(ctx); err != nil {
-			return nil, err
-		}
-	}
 
 	targets := s.targets()
 	s.prom, err = prometheus.Start(ctx, prometheus.Options{
@@ -409,8 +439,8 @@ func (s *Sandbox) connectProxies(ctx context.Context) error {
 	var err error
 	var pods []xdsproxy.Pod
 	for _, p := range s.dp.Pods() {
-		if p.Sidecar {
-			pods = append(pods, xdsproxy.Pod{Name: p.Name, Namespace: p.Namespace, IP: p.IP, ServiceAccount: p.ServiceAccount, Labels: p.Labels})
+		if p.Sidecar || p.Gateway {
+			pods = append(pods, xdsproxy.Pod{Name: p.Name, Namespace: p.Namespace, IP: p.IP, ServiceAccount: p.ServiceAccount, Labels: p.Labels, Router: p.Gateway})
 		}
 	}
 	// The streams live until Stop, not as long as the start-up context.
@@ -418,9 +448,36 @@ func (s *Sandbox) connectProxies(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.log.Info("proxies connected to istiod", "proxies", len(pods))
+	s.dp.SetEnforcer(newXDSEnforcer(s.fleet))
+	began := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := s.fleet.WaitReady(wctx); err != nil {
+		return fmt.Errorf("%w\n%s", err, i.LogTail(20))
+	}
+	s.log.Info("proxies connected to istiod", "proxies", len(pods), "first config in", time.Since(began).Round(10*time.Millisecond))
 	return nil
 }
+
+// Disagreements lists where istiod's configuration and the data plane's
+// own reading of Istio's rules decided a connection differently (istiod's
+// decision was enforced). Empty without istiod.
+func (s *Sandbox) Disagreements() []dataplane.Disagreement { return s.dp.Disagreements() }
+
+// ResetDisagreements forgets the disagreements and decisions seen so far.
+func (s *Sandbox) ResetDisagreements() { s.dp.ResetDisagreements() }
+
+// EnforcerDecisions counts the decisions taken from istiod's configuration
+// by direction, and the connections and requests refused for want of one
+// (by direction and reason): after start-up there should be none.
+func (s *Sandbox) EnforcerDecisions() (decided, undecided map[string]int) {
+	return s.dp.EnforcerDecisions()
+}
+
+// BlindOwnRules hides, for tests, every PeerAuthentication and
+// DestinationRule from the data plane's own rules, so only istiod's
+// configuration can still enforce them.
+func (s *Sandbox) BlindOwnRules(blind bool) { s.dp.BlindOwnRules(blind) }
 
 // IstiodURL is istiod's debug server, for `apply --istiod-url` ("" without
 // Options.Istiod).

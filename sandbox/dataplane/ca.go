@@ -91,7 +91,10 @@ func (c *ca) leaf(id string) (*tls.Certificate, error) {
 	return l, nil
 }
 
-// istioALPN is what Istio's sidecars offer on mTLS connections.
+// istioALPN is what Istio's sidecars offer on mTLS connections
+// (ALPNInMeshWithMxc in istio's pilot/pkg/networking/util; the outbound
+// clusters istiod sends carry it too), and what the sandbox's clients offer
+// when the data plane decides itself.
 var istioALPN = []string{"istio-peer-exchange", "istio"}
 
 func (c *ca) serverConfig(id string) (*tls.Config, error) {
@@ -104,7 +107,9 @@ func (c *ca) serverConfig(id string) (*tls.Config, error) {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    c.pool,
 		MinVersion:   tls.VersionTLS12,
-		NextProtos:   istioALPN,
+		// No NextProtos: Envoy's chain selection has read the client's
+		// ALPN already (tls_inspector), and crypto/tls would refuse a
+		// client whose protocols do not overlap, where Envoy does not.
 	}, nil
 }
 

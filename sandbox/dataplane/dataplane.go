@@ -39,6 +39,8 @@ type Config struct {
 	// which is only useful in unit tests.
 	Dynamic dynamic.Interface
 	Logger  *slog.Logger
+	// Settle overrides DisagreementSettle (tests).
+	Settle time.Duration
 }
 
 // DataPlane is the running simulation.
@@ -50,6 +52,12 @@ type DataPlane struct {
 	topo *topology
 
 	snap atomic.Pointer[policySnapshot]
+	// policyAt is when the snapshot last changed (UnixNano).
+	policyAt atomic.Int64
+	settle   time.Duration
+	enforcer atomic.Pointer[Enforcer]
+	blind    atomic.Bool
+	dis      disagreements
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -80,7 +88,10 @@ func New(cfg Config) (*DataPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &DataPlane{scn: cfg.Scenario, dyn: cfg.Dynamic, log: log, ca: c, flows: map[string]*flowRunner{}}
+	d := &DataPlane{scn: cfg.Scenario, dyn: cfg.Dynamic, log: log, ca: c, flows: map[string]*flowRunner{}, settle: cfg.Settle}
+	if d.settle == 0 {
+		d.settle = DisagreementSettle
+	}
 	d.snap.Store(&policySnapshot{root: "istio-system"})
 	d.sandboxReg = prometheus.NewRegistry()
 	d.flowTotal = prometheus.NewCounterVec(prometheus.CounterOpts{

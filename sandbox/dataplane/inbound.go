@@ -101,23 +101,28 @@ func (d *DataPlane) handleInbound(p *Pod, port int, c net.Conn) {
 		d.serveApp(p, wp, c, inboundInfo{})
 		return
 	}
-	br := bufio.NewReader(c)
+	// Large enough for a whole ClientHello record (at most 16 KiB + header).
+	br := bufio.NewReaderSize(c, 16<<10+5)
 	first, err := br.Peek(1)
 	if err != nil {
 		return
 	}
-	isTLS := first[0] == 0x16 // TLS handshake record: what Envoy's tls_inspector looks for
-	mode := d.modeFor(p, port)
-	// PERMISSIVE accepts both; STRICT only mTLS; DISABLE only plaintext
-	// (https://istio.io/latest/docs/reference/config/security/peer_authentication/#PeerAuthentication-MutualTLS-Mode).
+	conn := InboundConn{TLS: first[0] == 0x16} // TLS handshake record: what Envoy's tls_inspector looks for
+	if conn.TLS {
+		conn.ALPN = clientHelloALPN(br)
+	} else {
+		conn.HTTP = scenario.IsHTTP(wp.ProtocolName())
+	}
 	// A rejected connection is reset before any filter runs, so it leaves no
 	// istio_* series, as with Envoy.
-	if (isTLS && mode == ModeDisable) || (!isTLS && mode == ModeStrict) {
+	accept, terminate := d.inboundDecision(p, port, conn)
+	if !accept {
 		reset(c)
 		return
 	}
 	pc := &peekedConn{Conn: c, r: br}
-	if !isTLS {
+	if !terminate {
+		// Plaintext, or TLS a passthrough chain hands to the app as it came.
 		d.serveApp(p, wp, pc, inboundInfo{captured: true})
 		return
 	}

@@ -191,7 +191,15 @@ func (d *DataPlane) meshRequest(ctx context.Context, client *Pod, svc *Service, 
 		return fail(unknownPeer, 503, "UH") // no healthy upstream
 	}
 	dst := ep.peer
-	useTLS := d.useMTLS(client, svc, sp, ep, choice)
+	useTLS, alpn := d.useMTLS(client, svc, sp, ep, choice)
+	if choice == TLSAuto {
+		var ok bool
+		if useTLS, alpn, ok = d.outboundDecision(client, svc, sp.Port, sp.Target(), ep, useTLS, alpn); !ok {
+			// No cluster or endpoint from istiod: Envoy answers 503 NC
+			// (upstream cluster not found).
+			return fail(unknownPeer, 503, "NC")
+		}
+	}
 	if !useTLS {
 		dst.principal = unknown
 	}
@@ -201,6 +209,7 @@ func (d *DataPlane) meshRequest(ctx context.Context, client *Pod, svc *Service, 
 		if err != nil {
 			return fail(dst, 503, "UF")
 		}
+		cfg.NextProtos = alpn
 		tlsCfg = cfg
 	}
 	peerHeader := encodePeer(client.peer)
@@ -242,23 +251,31 @@ func (d *DataPlane) meshRequest(ctx context.Context, client *Pod, svc *Service, 
 // mTLS even to a server without a sidecar); otherwise auto mTLS sends mTLS
 // to endpoints that have a sidecar unless their PeerAuthentication mode is
 // DISABLE (https://istio.io/latest/docs/ops/configuration/traffic-management/tls-configuration/#auto-mtls).
-func (d *DataPlane) useMTLS(client *Pod, svc *Service, sp scenario.ServicePort, ep *Pod, choice TLSChoice) bool {
+//
+// It also returns the ALPN offered: Istio's on ISTIO_MUTUAL and auto mTLS;
+// none on SIMPLE and MUTUAL, whose TLS is the application's kind (istiod's
+// clusters set no ALPN there unless HTTP/2 is configured,
+// pilot/pkg/networking/core/cluster_tls.go), which a PERMISSIVE server
+// sidecar does not take for mTLS (ownInbound).
+func (d *DataPlane) useMTLS(client *Pod, svc *Service, sp scenario.ServicePort, ep *Pod, choice TLSChoice) (bool, []string) {
 	switch choice {
 	case TLSForce:
-		return true
+		return true, istioALPN
 	case TLSNever:
-		return false
+		return false, nil
 	}
 	snap := d.snapshot()
 	switch strings.ToUpper(ClientTLS(snap.drs, snap.root, client.Namespace, svc.Name, svc.Namespace, uint32(sp.Port))) {
 	case "DISABLE":
-		return false
-	case "ISTIO_MUTUAL", "MUTUAL", "SIMPLE":
-		return true
+		return false, nil
+	case "ISTIO_MUTUAL":
+		return true, istioALPN
+	case "MUTUAL", "SIMPLE":
+		return true, nil
 	}
 	// Auto mTLS keys on the endpoint's sidecar (its tlsMode=istio label),
 	// not on the port: a port excluded from inbound capture still gets mTLS.
-	return ep.Sidecar && d.modeFor(ep, sp.Target()) != ModeDisable
+	return ep.Sidecar && d.modeFor(ep, sp.Target()) != ModeDisable, istioALPN
 }
 
 // serveGateway is the ingress gateway: plaintext HTTP from outside, routed

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 
@@ -295,4 +296,31 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// httpServicePort reports whether a Service selecting p declares target
+// port as HTTP, by appProtocol or port name prefix as istiod reads it
+// (https://istio.io/latest/docs/ops/configuration/traffic-management/protocol-selection/);
+// istiod then builds HTTP filter chains for the port. Unnamed ports are
+// sniffed (protocol auto), not HTTP.
+func (t *topology) httpServicePort(p *Pod, port int) bool {
+	for _, s := range t.services {
+		if !slices.Contains(s.Endpoints, p) {
+			continue
+		}
+		for _, sp := range s.Ports {
+			if sp.Target() != port {
+				continue
+			}
+			proto := strings.ToLower(sp.AppProtocol)
+			if proto == "" {
+				proto, _, _ = strings.Cut(strings.ToLower(sp.Name), "-")
+			}
+			switch proto {
+			case "http", "http2", "grpc", "grpc-web":
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -29,7 +29,18 @@ type policySnapshot struct {
 	root string
 }
 
-func (d *DataPlane) snapshot() *policySnapshot { return d.snap.Load() }
+func (d *DataPlane) snapshot() *policySnapshot {
+	s := d.snap.Load()
+	if d.blind.Load() {
+		return &policySnapshot{root: s.root}
+	}
+	return s
+}
+
+// BlindOwnRules makes, for tests, the data plane's own rules see no
+// PeerAuthentications or DestinationRules (everything PERMISSIVE, auto
+// mTLS), so what is still enforced comes from the Enforcer alone.
+func (d *DataPlane) BlindOwnRules(blind bool) { d.blind.Store(blind) }
 
 // Watch starts informers on PeerAuthentications, DestinationRules and the
 // mesh ConfigMap (istio-system/istio, for rootNamespace) and returns once
@@ -67,6 +78,7 @@ func (d *DataPlane) Watch(ctx context.Context) error {
 			}
 		}
 		d.snap.Store(s)
+		d.policyAt.Store(time.Now().UnixNano())
 	}
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { rebuild() },

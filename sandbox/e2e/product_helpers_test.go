@@ -83,6 +83,14 @@ func startScenario(t *testing.T, file string, mutate func(*scenario.Scenario), o
 	}
 	t.Logf("sandbox %s started in %s", scn.Name, time.Since(began).Round(100*time.Millisecond))
 	t.Cleanup(func() {
+		// Where istiod and the data plane's own rules decided differently
+		// (istiod's decision was enforced).
+		for _, d := range s.Disagreements() {
+			t.Errorf("istiod and the sandbox's rules disagree: %s", d)
+		}
+		if _, undecided := s.EnforcerDecisions(); len(undecided) > 0 {
+			t.Errorf("refused for want of istiod's configuration: %v", undecided)
+		}
 		if err := s.Stop(); err != nil {
 			t.Errorf("stop sandbox: %v", err)
 		}

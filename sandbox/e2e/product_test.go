@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -364,13 +365,20 @@ func checkStrict(t *testing.T, s *sandbox.Sandbox, ns string) {
 	}
 }
 
-// checkPermissive: plaintext is accepted again in ns.
+// checkPermissive: plaintext is accepted again in ns, once istiod has
+// pushed the restored policies (rollback does not wait for that without
+// --istiod-url; a real proxy lags the same way).
 func checkPermissive(t *testing.T, s *sandbox.Sandbox, ns string) {
 	t.Helper()
 	for w, ports := range workloadPorts(s, ns) {
 		for _, port := range ports {
-			if out := s.ProbePod(context.Background(), ns, w, port, false); out != dataplane.OutcomeSuccess {
-				t.Errorf("%s/%s:%d refuses plaintext after the rollback: %s", ns, w, port, out)
+			if why := eventually(5*time.Second, func() string {
+				if out := s.ProbePod(context.Background(), ns, w, port, false); out != dataplane.OutcomeSuccess {
+					return fmt.Sprintf("%s/%s:%d refuses plaintext after the rollback: %s", ns, w, port, out)
+				}
+				return ""
+			}); why != "" {
+				t.Error(why)
 			}
 		}
 	}

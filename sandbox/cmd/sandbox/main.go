@@ -39,11 +39,12 @@ type upOptions struct {
 	scenario, dir, apiserver, prometheus string
 	scrapeInterval                       time.Duration
 	check                                bool
+	istiod                               string
 }
 
 func run(args []string, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "up" {
-		return usageError{errors.New("usage: sandbox up --scenario FILE --dir DIR [--scrape-interval 1s] [--check]")}
+		return usageError{errors.New("usage: sandbox up --scenario FILE --dir DIR [--scrape-interval 1s] [--istiod auto|on|off] [--check]")}
 	}
 	var o upOptions
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
@@ -54,11 +55,15 @@ func run(args []string, stderr io.Writer) error {
 	fs.StringVar(&o.apiserver, "apiserver-binary", "", "kube-apiserver binary (default: the one scripts/build-kube-apiserver.sh cached)")
 	fs.StringVar(&o.prometheus, "prometheus-binary", "", "prometheus binary (default: prometheus on PATH)")
 	fs.BoolVar(&o.check, "check", false, "only load and validate the scenario, then exit")
+	fs.StringVar(&o.istiod, "istiod", "auto", "run the real istiod and enforce its configuration: auto (when scripts/build-istiod.sh has cached it, always with CI=true), on, off")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err}
 	}
 	if o.scenario == "" {
 		return usageError{errors.New("--scenario is required")}
+	}
+	if o.istiod != "auto" && o.istiod != "on" && o.istiod != "off" {
+		return usageError{fmt.Errorf("--istiod %q: want auto, on or off", o.istiod)}
 	}
 	scn, err := scenario.Load(o.scenario)
 	if err != nil {
@@ -77,7 +82,7 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 	sb, err := sandbox.Start(ctx, sandbox.Options{
 		Scenario: scn, Dir: o.dir, APIServerBinary: o.apiserver, PrometheusBinary: o.prometheus,
-		ScrapeInterval: o.scrapeInterval, Logger: log,
+		ScrapeInterval: o.scrapeInterval, Logger: log, Istiod: o.istiod == "on", NoIstiod: o.istiod == "off",
 	})
 	if err != nil {
 		return err
