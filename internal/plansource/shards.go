@@ -18,6 +18,7 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/gz"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
@@ -126,17 +127,17 @@ func build(p *plans.Plan, namespace, name string, budget int) (*Published, *Shar
 		if cur.Len() == 0 {
 			return nil
 		}
-		gz, err := compress(cur.Bytes())
+		zipped, err := gz.Compress(cur.Bytes())
 		if err != nil {
 			return err
 		}
 		sum := sha256.Sum256(cur.Bytes())
-		sh := Shard{FirstStage: first, LastStage: last, Bytes: cur.Len(), SHA256: hex.EncodeToString(sum[:]), Compressed: len(gz)}
-		if len(gz) > MaxShardBytes && tooBig == nil {
+		sh := Shard{FirstStage: first, LastStage: last, Bytes: cur.Len(), SHA256: hex.EncodeToString(sum[:]), Compressed: len(zipped)}
+		if len(zipped) > MaxShardBytes && tooBig == nil {
 			tooBig = &sh
 		}
 		pub.Index.Shards = append(pub.Index.Shards, sh)
-		pub.Data = append(pub.Data, gz)
+		pub.Data = append(pub.Data, zipped)
 		pub.Index.Bytes += int64(cur.Len())
 		cur.Reset()
 		first = 0
@@ -181,21 +182,6 @@ func build(p *plans.Plan, namespace, name string, budget int) (*Published, *Shar
 func digestID(digest string) string {
 	h := strings.TrimPrefix(digest, "sha256:")
 	return h[:min(12, len(h))]
-}
-
-func compress(b []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	w, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := w.Write(b); err != nil {
-		return nil, err
-	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }
 
 // ConfigMaps are the objects to write: the shards, then the index (written

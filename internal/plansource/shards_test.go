@@ -2,7 +2,6 @@ package plansource
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"testing"
@@ -21,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/gz"
 	"github.com/mtls-migrate/mtls-migrate/plans"
 )
 
@@ -113,22 +112,18 @@ func TestPublishedPlanLoadsBackWithTheReviewedDigest(t *testing.T) {
 	}
 }
 
-func gz(t *testing.T, b []byte) []byte {
+func gzipped(t *testing.T, b []byte) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	w := gzip.NewWriter(&buf)
-	_, _ = w.Write(b)
-	_ = w.Close()
-	return buf.Bytes()
+	z, err := gz.Compress(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return z
 }
 
 func gunzip(t *testing.T, b []byte) []byte {
 	t.Helper()
-	r, err := gzip.NewReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := io.ReadAll(r)
+	out, err := gz.Decompress(b, 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +196,7 @@ func editShard(t *testing.T, kube *fake.Clientset, name string, f func([]byte) [
 	if err != nil {
 		t.Fatal(err)
 	}
-	cm.BinaryData[ShardKey] = gz(t, f(gunzip(t, cm.BinaryData[ShardKey])))
+	cm.BinaryData[ShardKey] = gzipped(t, f(gunzip(t, cm.BinaryData[ShardKey])))
 	if _, err := cms.Update(context.Background(), cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

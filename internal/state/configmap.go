@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/mtls-migrate/mtls-migrate/internal/gz"
 	"github.com/mtls-migrate/mtls-migrate/internal/kuberetry"
 	"github.com/mtls-migrate/mtls-migrate/internal/peerauth"
 )
@@ -237,7 +238,7 @@ func (c *ConfigMapStore) write(ctx context.Context, r *read, l *layout) error {
 		if err != nil {
 			return err
 		}
-		if n := objectBytes(cm); n > MaxObjectBytes {
+		if n := ObjectBytes(cm); n > MaxObjectBytes {
 			return &TooLargeError{Namespace: c.Namespace, Name: o.name, Contents: o.contents, Bytes: n, Largest: largestStage(o)}
 		}
 		cms = append(cms, cm)
@@ -295,7 +296,7 @@ func (c *ConfigMapStore) configMap(o *object, r *read) (*corev1.ConfigMap, error
 		cm.Data = map[string]string{RootKey: string(o.payload), Key: oldBinaryNotice}
 		return cm, nil
 	}
-	gz, err := gzipBytes(o.payload)
+	zipped, err := gz.Compress(o.payload)
 	if err != nil {
 		return nil, fmt.Errorf("compress migration state: %w", err)
 	}
@@ -304,13 +305,13 @@ func (c *ConfigMapStore) configMap(o *object, r *read) (*corev1.ConfigMap, error
 			Name: o.name, Namespace: c.Namespace, Labels: labels, ResourceVersion: r.rvs[o.name],
 			Annotations: map[string]string{contentsAnnotation: o.contents},
 		},
-		BinaryData: map[string][]byte{payloadKey: gz},
+		BinaryData: map[string][]byte{payloadKey: zipped},
 	}, nil
 }
 
-// objectBytes is what the API server counts against a ConfigMap's 1 MiB
+// ObjectBytes is what the API server counts against a ConfigMap's 1 MiB
 // (keys and values), plus its labels and annotations.
-func objectBytes(cm *corev1.ConfigMap) int {
+func ObjectBytes(cm *corev1.ConfigMap) int {
 	n := 0
 	for k, v := range cm.Data {
 		n += len(k) + len(v)

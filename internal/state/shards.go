@@ -2,18 +2,18 @@ package state
 
 import (
 	"bytes"
-	"compress/gzip"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/mtls-migrate/mtls-migrate/internal/gz"
 )
 
 // The sharded layout (version 2) of the state in ConfigMaps, all in the
@@ -482,39 +482,11 @@ func encodeStage(st *StageState, idx *stageIndex) (stored, full json.RawMessage,
 	return stored, full, err
 }
 
-func gzipBytes(b []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	w, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := w.Write(b); err != nil {
-		return nil, err
-	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
 // maxPayload bounds what a shard may decompress to (a ConfigMap holds at
 // most 1 MiB compressed; JSON compresses about tenfold).
 const maxPayload = 64 << 20
 
-func gunzipBytes(b []byte) ([]byte, error) {
-	r, err := gzip.NewReader(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	out, err := io.ReadAll(io.LimitReader(r, maxPayload+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(out) > maxPayload {
-		return nil, fmt.Errorf("decompresses to more than %d MiB", maxPayload>>20)
-	}
-	return out, nil
-}
+func gunzipBytes(b []byte) ([]byte, error) { return gz.Decompress(b, maxPayload) }
 
 // StagesOf decodes the stage records a shard of the state holds, as they
 // are stored (a carried-over stage without what it shares with its

@@ -169,7 +169,7 @@ func TestConfigMapStoreShardsStagesAndWritesOnlyTheObjectThatChanged(t *testing.
 		t.Fatalf("state read back: %d stages, %+v", len(p.Stages), p.Stage(77))
 	}
 	for name, cm := range api.cms {
-		if n := objectBytes(cm); n > 64<<10 {
+		if n := ObjectBytes(cm); n > 64<<10 {
 			t.Errorf("%s holds %d bytes", name, n)
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -55,17 +54,7 @@ func TestE2EApplyNextFromAPublishedPlanOf2000Stages(t *testing.T) {
 	big.Stages = append(big.Stages, next)
 	dir := t.TempDir()
 	planPath := filepath.Join(dir, "big.yaml")
-	if err := plans.SaveFile(planPath, &big); err != nil {
-		t.Fatal(err)
-	}
-	saved, err := plans.LoadFile(planPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	digest, err := plans.Digest(saved)
-	if err != nil {
-		t.Fatal(err)
-	}
+	saved, digest := savePlan(t, planPath, &big)
 
 	source := "configmap:" + stateNamespace + "/big-plan"
 	r := p.run(ctx, "plan", "publish", "--plan", planPath, "--to", source)
@@ -126,7 +115,7 @@ func TestE2EApplyNextFromAPublishedPlanOf2000Stages(t *testing.T) {
 	var total, largest int
 	var root int
 	for i := range cms.Items {
-		n := sizeOf(&cms.Items[i])
+		n := state.ObjectBytes(&cms.Items[i])
 		total += n
 		largest = max(largest, n)
 		if cms.Items[i].Name == state.ConfigMapName {
@@ -192,16 +181,4 @@ func doneRecord(ss *state.StageState, st *plans.Stage, at time.Time) error {
 		ss.Gates = append(ss.Gates, state.GateValue{Name: g.Name, Verdict: "pass", Value: &v, Threshold: &th, Samples: &n, At: at})
 	}
 	return nil
-}
-
-// sizeOf is what a ConfigMap holds, keys and values.
-func sizeOf(cm *corev1.ConfigMap) int {
-	n := 0
-	for k, v := range cm.Data {
-		n += len(k) + len(v)
-	}
-	for k, v := range cm.BinaryData {
-		n += len(k) + len(v)
-	}
-	return n
 }

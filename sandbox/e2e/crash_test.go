@@ -228,17 +228,7 @@ func TestE2ECrashedRunIsResumed(t *testing.T) {
 			})
 		}
 	}
-	if err := plans.SaveFile(planPath, plan); err != nil {
-		t.Fatal(err)
-	}
-	saved, err := plans.LoadFile(planPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	digest, err := plans.Digest(saved)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, digest := savePlan(t, planPath, plan)
 	kc := kubernetes.NewForConfigOrDie(s.RESTConfig())
 	before := map[string]map[string]policySnapshot{
 		"inventory":  policies(t, s, "inventory"),

@@ -274,3 +274,21 @@ func failures(s *sandbox.Sandbox) map[string]map[string]int64 {
 	}
 	return out
 }
+
+// savePlan writes plan (edited by the test) to path and returns it as
+// loaded back, with its digest: what a run reading path sees.
+func savePlan(t *testing.T, path string, plan *plans.Plan) (*plans.Plan, string) {
+	t.Helper()
+	if err := plans.SaveFile(path, plan); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := plans.LoadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, err := plans.Digest(saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return saved, digest
+}
