@@ -369,13 +369,17 @@ func (s *Sandbox) Addr(service, namespace string, port int) string {
 func (s *Sandbox) GatewayAddr() string { return s.dp.GatewayAddr() }
 
 // WriteFiles writes DIR/env (KUBECONFIG, PROMETHEUS_URL, SANDBOX_GATEWAY,
-// SANDBOX_FLOWS_URL) and then, last, DIR/ready.
+// SANDBOX_FLOWS_URL, and ISTIOD_URL when istiod runs: what
+// `apply --istiod-url` takes) and then, last, DIR/ready.
 func (s *Sandbox) WriteFiles(dir string) error {
 	kc, err := filepath.Abs(s.KubeconfigPath())
 	if err != nil {
 		return err
 	}
 	env := fmt.Sprintf("KUBECONFIG=%s\nPROMETHEUS_URL=%s\nSANDBOX_GATEWAY=%s\nSANDBOX_FLOWS_URL=%s\n", kc, s.PrometheusURL(), s.GatewayAddr(), s.FlowsURL())
+	if u := s.IstiodURL(); u != "" {
+		env += "ISTIOD_URL=" + u + "\n"
+	}
 	if err := writeAtomic(filepath.Join(dir, "env"), []byte(env)); err != nil {
 		return err
 	}

@@ -100,7 +100,7 @@ for n in $READY; do
 	ns=$(awk -v n="$n" '$1 == n {print $2}' "$DIR/plan.txt")
 	bold "-- stage $n: $ns"
 	show "$M" apply --plan "$PLAN" --stage "$n" --soak "$SOAK" --settle 2s --gate-interval 2s \
-		--state-namespace mtls-migrate 2>"$DIR/apply-$n.log"
+		--state-namespace mtls-migrate ${ISTIOD_URL:+--istiod-url "$ISTIOD_URL"} 2>"$DIR/apply-$n.log"
 done
 
 bold "== 4. Force the blocked frontend stage (stage $FRONTEND) to see a rollback"
@@ -109,7 +109,7 @@ say "leave no error metric, they vanish: the plaintext-request-rate gate sees th
 say "The tool restores the namespace's PeerAuthentications by itself and exits 3."
 rc=0
 show "$M" apply --plan "$PLAN" --stage "$FRONTEND" --soak 60s --settle 2s --gate-interval 2s \
-	--state-namespace mtls-migrate --force --reason "demo: show the automatic rollback" 2>"$DIR/apply-$FRONTEND.log" || rc=$?
+	--state-namespace mtls-migrate ${ISTIOD_URL:+--istiod-url "$ISTIOD_URL"} --force --reason "demo: show the automatic rollback" 2>"$DIR/apply-$FRONTEND.log" || rc=$?
 case $rc in
 3) say "exit 3, as expected: a gate failed and the tool rolled the stage back; frontend takes plaintext again." ;;
 0) echo "unexpected: the forced frontend stage passed" >&2; exit 1 ;;
