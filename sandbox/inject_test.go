@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -15,10 +14,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
-	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/controlplane"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/dataplane"
-	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/needbin"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/testcluster"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/scenario"
 )
 
@@ -32,18 +30,7 @@ import (
 // ISTIO_KUBE_APP_PROBERS, image, prometheus annotations). Every other
 // difference is logged (DIFF lines) and listed in sandbox/README.md.
 func TestHandWrittenInjectionAgreesWithIstiod(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts kube-apiserver and istiod")
-	}
-	needbin.Require(t, cluster.FindAPIServerBinary)
-	needbin.Require(t, controlplane.Binary.Find)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	ctx, c := testcluster.Start(t, 2*time.Minute, controlplane.Binary.Find)
 	i, err := controlplane.Start(ctx, controlplane.Options{Kubeconfig: c.KubeconfigPath(), Dir: t.TempDir(), Injection: true})
 	if err != nil {
 		t.Fatal(err)

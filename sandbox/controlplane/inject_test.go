@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -12,9 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/dataplane"
-	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/needbin"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/testcluster"
 )
 
 // TestRenderedInjectorIsTheChartsDefault: the committed objects are the
@@ -52,18 +50,7 @@ func TestRenderedInjectorIsTheChartsDefault(t *testing.T) {
 // opts out (sidecar.istio.io/inject=false) nor one in an unlabelled
 // namespace is touched.
 func TestIstiodInjectsPods(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts kube-apiserver and istiod")
-	}
-	needbin.Require(t, cluster.FindAPIServerBinary)
-	needbin.Require(t, Binary.Find)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	ctx, c := testcluster.Start(t, 2*time.Minute, Binary.Find)
 	i, err := Start(ctx, Options{Kubeconfig: c.KubeconfigPath(), Dir: t.TempDir(), Injection: true})
 	if err != nil {
 		t.Fatal(err)

@@ -1,14 +1,12 @@
 package controlplane
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
-	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/needbin"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/testcluster"
 )
 
 // TestIstiodRunsAgainstTheSandbox: the real istiod starts against the
@@ -16,18 +14,7 @@ import (
 // the istio-system/istio ConfigMap the sandbox writes, and serves the sync
 // status apply will wait on.
 func TestIstiodRunsAgainstTheSandbox(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts kube-apiserver and istiod")
-	}
-	needbin.Require(t, cluster.FindAPIServerBinary)
-	needbin.Require(t, Binary.Find)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	ctx, c := testcluster.Start(t, 2*time.Minute, Binary.Find)
 	i, err := Start(ctx, Options{Kubeconfig: c.KubeconfigPath(), Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

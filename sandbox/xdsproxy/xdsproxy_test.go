@@ -14,9 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/istiosync"
-	"github.com/mtls-migrate/mtls-migrate/sandbox/cluster"
 	"github.com/mtls-migrate/mtls-migrate/sandbox/controlplane"
-	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/needbin"
+	"github.com/mtls-migrate/mtls-migrate/sandbox/internal/testcluster"
 )
 
 // TestWaitEndsWhenTheProxiesHaveAcked: simulated sidecars connected to the
@@ -25,18 +24,7 @@ import (
 // they have acknowledged it, not before: with the acknowledgements held
 // back 3 s, the wait takes at least 3 s.
 func TestWaitEndsWhenTheProxiesHaveAcked(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts kube-apiserver and istiod")
-	}
-	needbin.Require(t, cluster.FindAPIServerBinary)
-	needbin.Require(t, controlplane.Binary.Find)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	ctx, c := testcluster.Start(t, 3*time.Minute, controlplane.Binary.Find)
 	kc := kubernetes.NewForConfigOrDie(c.RESTConfig())
 	pods := []Pod{
 		{Name: "cart-1", Namespace: "cart", IP: "127.42.0.1", ServiceAccount: "default", Labels: map[string]string{"app": "cart"}},
