@@ -45,7 +45,11 @@ func (e *xdsEnforcer) Inbound(p dataplane.PodRef, port int, c dataplane.InboundC
 	if err != nil {
 		return dataplane.InboundVerdict{}, fmt.Errorf("%s port %d: %w", p, port, err)
 	}
-	return dataplane.InboundVerdict{Accept: v.Accept, Terminate: v.Terminate, Chain: v.Chain}, nil
+	out := dataplane.InboundVerdict{Accept: v.Accept, Terminate: v.Terminate, Chain: v.Chain}
+	if v.Accept {
+		out.Authz = xdsAuthorizer{v}
+	}
+	return out, nil
 }
 
 func (e *xdsEnforcer) Outbound(client dataplane.PodRef, to dataplane.OutboundTarget) (dataplane.OutboundVerdict, error) {
@@ -62,4 +66,38 @@ func (e *xdsEnforcer) Outbound(client dataplane.PodRef, to dataplane.OutboundTar
 		return dataplane.OutboundVerdict{}, fmt.Errorf("%s: %w", client, err)
 	}
 	return dataplane.OutboundVerdict{MTLS: v.MTLS, ALPN: v.ALPN, Socket: v.Socket}, nil
+}
+
+// xdsAuthorizer is the RBAC filters of the chain a connection matched.
+type xdsAuthorizer struct{ v xdsproxy.Inbound }
+
+func (a xdsAuthorizer) Connection(in dataplane.AuthzInput) dataplane.AuthzVerdict {
+	return verdict(a.v.AuthorizeConnection(authzInput(in)))
+}
+
+func (a xdsAuthorizer) Request(in dataplane.AuthzInput) (dataplane.AuthzVerdict, bool) {
+	if !a.v.HTTP || in.Request == nil {
+		return dataplane.AuthzVerdict{}, false
+	}
+	return verdict(a.v.AuthorizeRequest(authzInput(in))), true
+}
+
+func authzInput(in dataplane.AuthzInput) xdsproxy.AuthzInput {
+	out := xdsproxy.AuthzInput{Source: in.Source, Destination: in.Destination, Principal: in.Principal, SNI: in.SNI}
+	if r := in.Request; r != nil {
+		out.HTTP = &xdsproxy.HTTPRequest{Method: r.Method, Host: r.Host, Path: r.RequestURI, Header: r.Header}
+	}
+	return out
+}
+
+func verdict(a xdsproxy.Authz) dataplane.AuthzVerdict {
+	v := dataplane.AuthzVerdict{Allowed: a.Allowed, Policy: a.Policy}
+	for _, s := range a.Shadow {
+		if s.Allowed {
+			v.ShadowAllowed++
+		} else {
+			v.ShadowDenied++
+		}
+	}
+	return v
 }

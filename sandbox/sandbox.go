@@ -478,6 +478,13 @@ func (s *Sandbox) EnforcerDecisions() (decided, undecided map[string]int) {
 	return s.dp.EnforcerDecisions()
 }
 
+// AuthzStats counts each connected sidecar's authorization decisions (the
+// RBAC filters istiod rendered from AuthorizationPolicies), by "ns/pod".
+func (s *Sandbox) AuthzStats() map[string]dataplane.AuthzStats { return s.dp.AuthzStats() }
+
+// ResetAuthzStats forgets the authorization counts.
+func (s *Sandbox) ResetAuthzStats() { s.dp.ResetAuthzStats() }
+
 // BlindOwnRules hides, for tests, every PeerAuthentication and
 // DestinationRule from the data plane's own rules, so only istiod's
 // configuration can still enforce them.

@@ -58,6 +58,8 @@ type DataPlane struct {
 	enforcer atomic.Pointer[Enforcer]
 	blind    atomic.Bool
 	dis      disagreements
+	authzMu  sync.Mutex
+	authz    map[string]*AuthzStats
 
 	mu        sync.Mutex
 	listeners []net.Listener

@@ -6,7 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"net/http"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -59,6 +62,45 @@ type InboundVerdict struct {
 	Accept    bool // a filter chain matched
 	Terminate bool // the chain terminates mTLS (else bytes go to the app as sent)
 	Chain     string
+	// Authz is the matched chain's authorization (its RBAC filters, as
+	// istiod rendered them from AuthorizationPolicies); nil when the
+	// Enforcer does not authorize.
+	Authz Authorizer
+}
+
+// Authorizer judges what a filter chain accepted: the connection once
+// (network RBAC), and each request on an HTTP chain (HTTP RBAC).
+type Authorizer interface {
+	Connection(AuthzInput) AuthzVerdict
+	// Request reports ok=false when the chain has no HTTP filters (a TCP
+	// chain), so requests are not judged one by one.
+	Request(AuthzInput) (v AuthzVerdict, ok bool)
+}
+
+// AuthzInput is what the sidecar knows of a connection and request.
+type AuthzInput struct {
+	Source, Destination netip.AddrPort
+	Principal           string // the peer's SPIFFE ID when mTLS was terminated
+	SNI                 string
+	Request             *http.Request // nil for the connection
+}
+
+// AuthzVerdict is an Authorizer's decision.
+type AuthzVerdict struct {
+	Allowed bool
+	Policy  string
+	// ShadowAllowed, ShadowDenied count the filters whose shadow rules
+	// (dry-run AuthorizationPolicies) allowed or denied.
+	ShadowAllowed, ShadowDenied int
+}
+
+// AuthzStats counts a sidecar's authorization decisions, as Envoy's RBAC
+// stats do (allowed, denied, shadow_allowed, shadow_denied).
+type AuthzStats struct {
+	Allowed, Denied, ShadowAllowed, ShadowDenied int64
+	// DeniedBy counts denials by effective policy ("" when an ALLOW
+	// filter matched no policy).
+	DeniedBy map[string]int64
 }
 
 func (v InboundVerdict) String() string {
@@ -221,27 +263,73 @@ func (p *Pod) ref() PodRef { return PodRef{Namespace: p.Namespace, Name: p.Name,
 // inboundDecision decides an intercepted connection: accept, and whether
 // the sidecar terminates TLS. With an Enforcer its verdict is enforced and
 // our rule (mode) cross-checked; without one, our rule decides.
-func (d *DataPlane) inboundDecision(p *Pod, port int, c InboundConn) (accept, terminate bool) {
+//
+// The verdict's Authorizer (nil without an Enforcer: the data plane's own
+// rules do not read AuthorizationPolicies) judges what was accepted.
+func (d *DataPlane) inboundDecision(p *Pod, port int, c InboundConn) (accept, terminate bool, authz Authorizer) {
 	mode := d.modeFor(p, port)
 	ours, oursTerminate, oursText := d.ownInbound(p, port, c, mode)
 	e := d.enforcerFor(p)
 	if e == nil {
-		return ours, oursTerminate
+		return ours, oursTerminate, nil
 	}
 	v, err := e.Inbound(p.ref(), port, c)
 	d.dis.count("inbound", err)
 	if err != nil {
 		d.log.Debug("no inbound decision from istiod: reset", "pod", p.ref().String(), "port", port, "err", err)
-		return false, false
+		return false, false, nil
 	}
 	if d.settled() && (v.Accept != ours || (v.Accept && v.Terminate != oursTerminate)) {
 		d.dis.record(Disagreement{Direction: "inbound", Pod: p.ref().String(), Port: port, Peer: c.String(), Istiod: v.String(), Ours: oursText})
 	}
 	if v.Terminate && !c.TLS {
 		// A TLS transport socket on a plaintext connection: the handshake fails.
-		return false, false
+		return false, false, nil
 	}
-	return v.Accept, v.Terminate
+	return v.Accept, v.Terminate, v.Authz
+}
+
+// authorized records an Authorizer's verdict in the pod's counts.
+func (d *DataPlane) authorized(p *Pod, v AuthzVerdict) bool {
+	d.authzMu.Lock()
+	defer d.authzMu.Unlock()
+	if d.authz == nil {
+		d.authz = map[string]*AuthzStats{}
+	}
+	st := d.authz[p.ref().String()]
+	if st == nil {
+		st = &AuthzStats{DeniedBy: map[string]int64{}}
+		d.authz[p.ref().String()] = st
+	}
+	if v.Allowed {
+		st.Allowed++
+	} else {
+		st.Denied++
+		st.DeniedBy[v.Policy]++
+	}
+	st.ShadowAllowed += int64(v.ShadowAllowed)
+	st.ShadowDenied += int64(v.ShadowDenied)
+	return v.Allowed
+}
+
+// AuthzStats returns each sidecar's authorization counts, by "ns/pod".
+func (d *DataPlane) AuthzStats() map[string]AuthzStats {
+	d.authzMu.Lock()
+	defer d.authzMu.Unlock()
+	out := make(map[string]AuthzStats, len(d.authz))
+	for k, v := range d.authz {
+		c := *v
+		c.DeniedBy = maps.Clone(v.DeniedBy)
+		out[k] = c
+	}
+	return out
+}
+
+// ResetAuthzStats forgets the authorization counts.
+func (d *DataPlane) ResetAuthzStats() {
+	d.authzMu.Lock()
+	d.authz = nil
+	d.authzMu.Unlock()
 }
 
 // ownInbound is the data plane's own reading of what a sidecar does with

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -115,35 +116,65 @@ func (d *DataPlane) handleInbound(p *Pod, port int, c net.Conn) {
 	}
 	// A rejected connection is reset before any filter runs, so it leaves no
 	// istio_* series, as with Envoy.
-	accept, terminate := d.inboundDecision(p, port, conn)
+	accept, terminate, authz := d.inboundDecision(p, port, conn)
 	if !accept {
 		reset(c)
 		return
 	}
 	pc := &peekedConn{Conn: c, r: br}
-	if !terminate {
-		// Plaintext, or TLS a passthrough chain hands to the app as it came.
-		d.serveApp(p, wp, pc, inboundInfo{captured: true})
+	info := inboundInfo{captured: true, authz: authz, local: addrPort(c.LocalAddr()), remote: addrPort(c.RemoteAddr())}
+	var app net.Conn = pc
+	if terminate {
+		cfg, err := d.ca.serverConfig(p.SPIFFE())
+		if err != nil {
+			d.log.Error("server TLS config", "pod", p.Name, "err", err)
+			reset(c)
+			return
+		}
+		tc := tls.Server(pc, cfg)
+		if err := tc.Handshake(); err != nil {
+			reset(c)
+			return
+		}
+		st := tc.ConnectionState()
+		info.mtls, info.principal, info.sni = true, peerSPIFFE(st), st.ServerName
+		app = tc
+	}
+	// Otherwise plaintext, or TLS a passthrough chain hands to the app as
+	// it came. Network RBAC judges the connection before the app (or the
+	// HTTP connection manager) sees a byte; a denial closes it.
+	if authz != nil && !d.authorized(p, authz.Connection(info.authzInput(nil))) {
 		return
 	}
-	cfg, err := d.ca.serverConfig(p.SPIFFE())
-	if err != nil {
-		d.log.Error("server TLS config", "pod", p.Name, "err", err)
-		reset(c)
-		return
+	d.serveApp(p, wp, app, info)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
 	}
-	tc := tls.Server(pc, cfg)
-	if err := tc.Handshake(); err != nil {
-		reset(c)
-		return
-	}
-	d.serveApp(p, wp, tc, inboundInfo{captured: true, mtls: true, principal: peerSPIFFE(tc.ConnectionState())})
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
 }
 
 type inboundInfo struct {
 	captured  bool // through the sidecar: record reporter=destination
 	mtls      bool
 	principal string
+	sni       string
+	// authz judges the connection and its requests (nil: no RBAC).
+	authz         Authorizer
+	local, remote netip.AddrPort
+}
+
+func (i inboundInfo) authzInput(r *http.Request) AuthzInput {
+	// Envoy's principal is the peer certificate's URI SAN (spiffe://...),
+	// as peerSPIFFE reads it; none without terminated mTLS.
+	principal := ""
+	if i.mtls {
+		principal = i.principal
+	}
+	return AuthzInput{Source: i.remote, Destination: i.local, Principal: principal, SNI: i.sni, Request: r}
 }
 
 func (i inboundInfo) csp() string {
@@ -183,6 +214,13 @@ func (d *DataPlane) serveApp(p *Pod, wp scenario.WorkloadPort, c net.Conn, info 
 			code = p.ErrorStatus
 		}
 		body := fmt.Sprintf("%s %s\n", p.Name, http.StatusText(code))
+		if info.authz != nil {
+			// The HTTP RBAC filter's local reply (Envoy's
+			// "RBAC: access denied"), before the app sees the request.
+			if v, ok := info.authz.Request(info.authzInput(req)); ok && !d.authorized(p, v) {
+				code, body = http.StatusForbidden, "RBAC: access denied"
+			}
+		}
 		resp := fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n", code, http.StatusText(code), len(body))
 		if info.captured {
 			// Envoy's answer carries the server's peer metadata back too.

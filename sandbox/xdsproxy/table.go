@@ -13,6 +13,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	httprbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -75,6 +78,11 @@ type chain struct {
 	// terminates: the chain has a TLS transport socket (the sidecar
 	// terminates mTLS); without one the bytes go to the app as they came.
 	terminates bool
+	// http: the chain ends in an HTTP connection manager (else tcp_proxy).
+	http bool
+	// netRBAC are the chain's network RBAC filters, httpRBAC the HTTP
+	// RBAC filters of its connection manager, in order (rbac.go).
+	netRBAC, httpRBAC []rbacFilter
 }
 
 type outCluster struct {
@@ -107,6 +115,32 @@ type Inbound struct {
 	// false on an accepted TLS connection means TLS passes to the app.
 	Terminate bool
 	Chain     string
+	// HTTP: the chain's filters are an HTTP connection manager, whose
+	// RBAC filters judge each request (AuthorizeRequest).
+	HTTP bool
+
+	chain *chain
+}
+
+// AuthorizeConnection runs the chain's network RBAC filters over a
+// connection it accepted (Envoy evaluates them on the connection's first
+// bytes, before tcp_proxy or the HTTP connection manager sees them).
+func (v Inbound) AuthorizeConnection(in AuthzInput) Authz {
+	if v.chain == nil {
+		return Authz{Allowed: false}
+	}
+	in.HTTP = nil
+	return authorize(v.chain.netRBAC, &in)
+}
+
+// AuthorizeRequest runs the chain's HTTP RBAC filters over one request.
+// A chain without a connection manager has none, and nothing to judge a
+// request with: denied.
+func (v Inbound) AuthorizeRequest(in AuthzInput) Authz {
+	if v.chain == nil || !v.chain.http || in.HTTP == nil {
+		return Authz{Allowed: false}
+	}
+	return authorize(v.chain.httpRBAC, &in)
 }
 
 // Inbound decides a connection to the pod's port: tls is what the
@@ -132,7 +166,7 @@ func (t *Table) Inbound(ip netip.Addr, port uint32, tls bool, alpn []string, htt
 		}
 		return Inbound{}, nil
 	}
-	return Inbound{Accept: true, Terminate: c.terminates, Chain: c.name}, nil
+	return Inbound{Accept: true, Terminate: c.terminates, Chain: c.name, HTTP: c.http, chain: c}, nil
 }
 
 func (t *Table) noConfig(what string) error {
@@ -344,7 +378,58 @@ func decodeChain(fc *listenerv3.FilterChain) (chain, error) {
 		return chain{}, fmt.Errorf("filter chain %q: %w", fc.GetName(), err)
 	}
 	c.terminates = s != nil && s.tls
+	if err := decodeFilters(&c, fc.GetFilters()); err != nil {
+		return chain{}, fmt.Errorf("filter chain %q: %w", fc.GetName(), err)
+	}
 	return c, nil
+}
+
+// decodeFilters reads the authorization filters of a chain's network
+// filters and, in its HTTP connection manager, its HTTP filters. A
+// filter that could deny what the sandbox does not evaluate (external
+// authorization: CUSTOM AuthorizationPolicies) is an error.
+func decodeFilters(c *chain, filters []*listenerv3.Filter) error {
+	for _, f := range filters {
+		tc := f.GetTypedConfig()
+		switch {
+		case tc.MessageIs(&netrbacv3.RBAC{}):
+			cfg := &netrbacv3.RBAC{}
+			if err := tc.UnmarshalTo(cfg); err != nil {
+				return fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			rf, err := decodeNetworkRBAC(cfg)
+			if err != nil {
+				return fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			c.netRBAC = append(c.netRBAC, rf)
+		case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
+			hcm := &hcmv3.HttpConnectionManager{}
+			if err := tc.UnmarshalTo(hcm); err != nil {
+				return fmt.Errorf("filter %s: %w", f.GetName(), err)
+			}
+			c.http = true
+			for _, hf := range hcm.GetHttpFilters() {
+				htc := hf.GetTypedConfig()
+				switch {
+				case htc.MessageIs(&httprbacv3.RBAC{}):
+					cfg := &httprbacv3.RBAC{}
+					if err := htc.UnmarshalTo(cfg); err != nil {
+						return fmt.Errorf("HTTP filter %s: %w", hf.GetName(), err)
+					}
+					rf, err := decodeHTTPRBAC(cfg)
+					if err != nil {
+						return fmt.Errorf("HTTP filter %s: %w", hf.GetName(), err)
+					}
+					c.httpRBAC = append(c.httpRBAC, rf)
+				case strings.Contains(htc.GetTypeUrl(), "ext_authz"):
+					return fmt.Errorf("HTTP filter %s (external authorization) is not modelled by the sandbox", hf.GetName())
+				}
+			}
+		case strings.Contains(tc.GetTypeUrl(), "ext_authz"):
+			return fmt.Errorf("filter %s (external authorization) is not modelled by the sandbox", f.GetName())
+		}
+	}
+	return nil
 }
 
 func decodeSocket(ts *corev3.TransportSocket) (*socket, error) {
