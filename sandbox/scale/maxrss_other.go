@@ -2,7 +2,10 @@
 
 package scale
 
-import "os"
+import "os/exec"
 
-// maxRSS is unknown off Linux (macOS reports bytes, others differ).
-func maxRSS(*os.ProcessState) int64 { return 0 }
+type peakRSS struct{}
+
+func watchRSS(*exec.Cmd) *peakRSS { return &peakRSS{} }
+
+func (*peakRSS) stop() int64 { return 0 }

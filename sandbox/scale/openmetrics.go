@@ -2,6 +2,7 @@ package scale
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -196,11 +197,18 @@ func Backfill(ctx context.Context, w *World, o BackfillOptions) (BackfillStats, 
 		st.Files++
 		began = time.Now()
 		cmd := exec.CommandContext(ctx, bin, "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration="+promDurationString(o.BlockDuration), path, o.TSDB)
-		out, err := cmd.CombinedOutput()
+		var outb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &outb, &outb
+		err = cmd.Start()
+		if err == nil {
+			rss := watchRSS(cmd)
+			err = cmd.Wait()
+			st.PromtoolMaxRSS = max(st.PromtoolMaxRSS, rss.stop())
+		}
+		out := outb.Bytes()
 		st.Promtool += time.Since(began)
 		if cmd.ProcessState != nil {
 			st.PromtoolCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-			st.PromtoolMaxRSS = max(st.PromtoolMaxRSS, maxRSS(cmd.ProcessState))
 		}
 		if err != nil {
 			return st, fmt.Errorf("promtool tsdb create-blocks-from openmetrics %s: %w\n%s", path, err, tailLines(string(out), 20))

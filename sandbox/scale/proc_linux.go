@@ -32,13 +32,17 @@ func procCPU(pid int) time.Duration {
 }
 
 // procRSS is a process's resident set now, in bytes (0 when unknown).
-func procRSS(pid int) int64 {
+func procRSS(pid int) int64 { return procStatusBytes(pid, "VmRSS:") }
+
+// procStatusBytes reads one "kB" field of /proc/PID/status, in bytes (0
+// when it cannot be read: the process is gone).
+func procStatusBytes(pid int, field string) int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb * 1024
 		}

@@ -147,3 +147,41 @@ func TestPromQLSubset(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayServesTheFirstAnswer: with replay on, a repeated query is
+// answered from memory (no evaluation) with the first answer's series,
+// even at another evaluation time; a new query is evaluated.
+func TestReplayServesTheFirstAnswer(t *testing.T) {
+	w := NewWorld(WorldOptions{Namespaces: 10, End: testEnd})
+	p := NewPromServer(w)
+	p.Now = func() time.Time { return w.Opts.End }
+	p.SetReplay(true)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	c, err := api.NewClient(api.Config{Address: p.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	promAPI := v1.NewAPI(c)
+	q := status.PlaintextQuery(5 * time.Minute)
+	first, _, _, err := promAPI.Query(context.Background(), q, testEnd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _, _, err := promAPI.Query(context.Background(), q, testEnd.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := promAPI.Query(context.Background(), "sum("+q+")", testEnd); err != nil {
+		t.Fatal(err)
+	}
+	st := p.Stats()
+	if len(st) != 3 || st[1].Eval != 0 || st[1].Series != st[0].Series || st[2].Eval == 0 {
+		t.Fatalf("stats %+v: want the repeat answered without evaluation, the new query evaluated", st)
+	}
+	if first.String() != again.String() {
+		t.Errorf("replayed answer differs:\n%s\n%s", first, again)
+	}
+}

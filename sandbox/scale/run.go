@@ -18,10 +18,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -72,6 +70,10 @@ type Result struct {
 	PodJSONBytesNoManagedFields int
 
 	Plan, Status Command
+	// PlanReplayed is the same plan with the synthetic Prometheus
+	// replaying its first answers (PromServer.SetReplay): the product's
+	// own time, without the server's evaluation.
+	PlanReplayed Command
 	// StatusNoPlan is status without --plan: what reading the plan costs.
 	StatusNoPlan Command
 	// Lists are every pod listed from this process as client-go would,
@@ -84,9 +86,14 @@ type Result struct {
 	// State is what the tool keeps in its namespace: ConfigMaps, their
 	// data and binaryData bytes, the largest, after plan and status.
 	State StoreStats
-	// PlanInCluster is "" when the API server accepted the plan as the
-	// ConfigMap deploy/ makes of it, else its answer.
-	PlanInCluster string
+	// Publish is `plan publish` of the plan into the cluster, as deploy/
+	// does for the scheduled Job; Published the ConfigMaps it added to
+	// the namespace (the largest is the namespace's largest object).
+	// StatusInCluster is status reading that published plan, as the Job
+	// does. PublishErr is the failure, if publishing failed.
+	Publish, StatusInCluster Command
+	Published                StoreStats
+	PublishErr               string
 
 	Checked    int
 	Mismatches []string
@@ -96,7 +103,7 @@ type Result struct {
 type Command struct {
 	Args        []string
 	Wall        time.Duration
-	MaxRSS      int64         // bytes, from the child's rusage
+	MaxRSS      int64         // bytes, the child's VmHWM (peakRSS)
 	CPU         time.Duration // user + system, from the child's rusage
 	Code        int
 	StdoutBytes int
@@ -220,6 +227,9 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 		return cmd, t, err
 	}
 
+	if prom != nil {
+		prom.SetReplay(true)
+	}
 	planPath := filepath.Join(dir, "plan.yaml")
 	planArgs := append([]string{"plan", "--window", promDuration(c.Window), "--out", planPath}, c.ExtraPlanArgs...)
 	if r.Plan, r.PlanProm, err = product("plan", planArgs...); err != nil {
@@ -229,6 +239,17 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 		r.PlanProm.Queries, mb(r.PlanProm.JSONBytes), mb(r.PlanProm.WireBytes), r.PlanProm.Gzip, r.PlanProm.Eval.Round(time.Millisecond), r.PlanProm.Encode.Round(time.Millisecond))
 	for _, q := range r.PlanProm.PerQuery {
 		c.Logf("  query: %d series, %.2f MB, eval %s: %.80s...", q.Series, mb(int64(q.JSONBytes)), q.Eval.Round(time.Millisecond), q.Query)
+	}
+	if prom != nil {
+		// The same plan again, its answers replayed: what the product
+		// itself takes, with a Prometheus that answers instantly.
+		replayArgs := append([]string{"plan", "--window", promDuration(c.Window), "--out", filepath.Join(dir, "plan-replayed.yaml")}, c.ExtraPlanArgs...)
+		if r.PlanReplayed, _, err = product("plan-replayed", replayArgs...); err != nil {
+			return r, err
+		}
+		c.Logf("plan, answers replayed: %s (CPU %s), max RSS %d MB", r.PlanReplayed.Wall.Round(10*time.Millisecond), r.PlanReplayed.CPU.Round(10*time.Millisecond), r.PlanReplayed.MaxRSS>>20)
+		// status is timed with its query evaluated, as a Prometheus would.
+		prom.SetReplay(false)
 	}
 	fi, err := os.Stat(planPath)
 	if err != nil {
@@ -242,7 +263,7 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 	if r.Status, r.StatusProm, err = product("status", "status", "--plan", planPath, "--state-namespace", StateNamespace); err != nil {
 		return r, err
 	}
-	c.Logf("status: %s (CPU %s), max RSS %d MB", r.Status.Wall.Round(10*time.Millisecond), r.Status.CPU.Round(10*time.Millisecond), r.Status.MaxRSS>>20)
+	c.Logf("status: %s (CPU %s), max RSS %d MB; %d queries, server eval %s", r.Status.Wall.Round(10*time.Millisecond), r.Status.CPU.Round(10*time.Millisecond), r.Status.MaxRSS>>20, r.StatusProm.Queries, r.StatusProm.Eval.Round(time.Millisecond))
 	if r.StatusNoPlan, _, err = product("status-noplan", "status", "--state-namespace", StateNamespace); err != nil {
 		return r, err
 	}
@@ -258,7 +279,22 @@ func Run(ctx context.Context, c Config) (_ *Result, err error) {
 	if r.State, err = storeStats(ctx, kube, StateNamespace); err != nil {
 		return r, err
 	}
-	r.PlanInCluster = storePlan(ctx, kube, planPath)
+	source := "configmap:" + StateNamespace + "/" + PlanConfigMap
+	if r.Publish, _, err = product("publish", "plan", "publish", "--plan", planPath, "--to", source); err != nil {
+		r.PublishErr = tailLines(err.Error(), 3)
+		return r, nil
+	}
+	after, err := storeStats(ctx, kube, StateNamespace)
+	if err != nil {
+		return r, err
+	}
+	r.Published = StoreStats{ConfigMaps: after.ConfigMaps - r.State.ConfigMaps, DataBytes: after.DataBytes - r.State.DataBytes, Largest: after.Largest, LargestName: after.LargestName}
+	c.Logf("plan publish: %s, max RSS %d MB: %d ConfigMaps, %.2f MB, largest %s %.0f KiB", r.Publish.Wall.Round(10*time.Millisecond), r.Publish.MaxRSS>>20,
+		r.Published.ConfigMaps, mb(r.Published.DataBytes), r.Published.LargestName, float64(r.Published.Largest)/1024)
+	if r.StatusInCluster, _, err = product("status-incluster", "status", "--plan", source, "--state-namespace", StateNamespace); err != nil {
+		return r, err
+	}
+	c.Logf("status --plan %s: %s (CPU %s), max RSS %d MB", source, r.StatusInCluster.Wall.Round(10*time.Millisecond), r.StatusInCluster.CPU.Round(10*time.Millisecond), r.StatusInCluster.MaxRSS>>20)
 	return r, nil
 }
 
@@ -349,8 +385,14 @@ func runBinary(ctx context.Context, bin, kubeconfig, promURL, stderrPath string,
 	var errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	began := time.Now()
-	err := cmd.Run()
-	c := Command{Args: args, Wall: time.Since(began), StdoutBytes: out.n, Stderr: tailLines(errb.String(), 30)}
+	var peak int64
+	err := cmd.Start()
+	if err == nil {
+		rss := watchRSS(cmd)
+		err = cmd.Wait()
+		peak = rss.stop()
+	}
+	c := Command{Args: args, Wall: time.Since(began), StdoutBytes: out.n, Stderr: tailLines(errb.String(), 30), MaxRSS: peak}
 	_ = os.WriteFile(stderrPath, errb.Bytes(), 0o644)
 	var ee *exec.ExitError
 	switch {
@@ -360,7 +402,6 @@ func runBinary(ctx context.Context, bin, kubeconfig, promURL, stderrPath string,
 	default:
 		return c, fmt.Errorf("run %s %s: %w", bin, strings.Join(args, " "), err)
 	}
-	c.MaxRSS = maxRSS(cmd.ProcessState)
 	c.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	return c, nil
 }
@@ -403,31 +444,6 @@ func storeStats(ctx context.Context, kube kubernetes.Interface, ns string) (Stor
 		}
 	}
 	return st, nil
-}
-
-// storePlan puts the plan where deploy/ keeps it, a ConfigMap written with
-// server-side apply, and returns "" or the API server's refusal.
-func storePlan(ctx context.Context, kube kubernetes.Interface, planPath string) string {
-	data, err := os.ReadFile(planPath)
-	if err != nil {
-		return err.Error()
-	}
-	cm := &corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
-		ObjectMeta: metav1.ObjectMeta{Name: PlanConfigMap, Namespace: StateNamespace},
-		Data:       map[string]string{"plan.yaml": string(data)}}
-	body, err := json.Marshal(cm)
-	if err != nil {
-		return err.Error()
-	}
-	_, err = kube.CoreV1().ConfigMaps(StateNamespace).Patch(ctx, PlanConfigMap, types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: "kubectl", Force: ptr(true)})
-	if err != nil {
-		msg := err.Error()
-		if len(msg) > 160 {
-			msg = msg[:160] + "..."
-		}
-		return msg
-	}
-	return ""
 }
 
 // planDoc is the part of the plan the checks read; a minimal view, so a
@@ -572,8 +588,8 @@ func repoRoot() (string, error) {
 // FormatTable renders results as the table quoted in notes.
 func FormatTable(rs []*Result) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-6s %-22s %-28s %-8s %-8s %-8s %-14s %-7s %-7s %-8s %-8s %-8s %s\n",
-		"NS", "LOAD BEFORE s (Svc/s)", "LOAD AFTER s (obj/s, Svc/s)", "PLAN s", "RSS MB", "QUERIES", "PROM MB (wire)", "PLAN MB", "STATE", "STATUS s", "RSS MB", "CHECKED", "PLAN IN CLUSTER")
+	fmt.Fprintf(&b, "%-6s %-22s %-28s %-14s %-8s %-8s %-14s %-7s %-7s %-8s %-8s %-8s %s\n",
+		"NS", "LOAD BEFORE s (Svc/s)", "LOAD AFTER s (obj/s, Svc/s)", "PLAN s (replay)", "RSS MB", "QUERIES", "PROM MB (wire)", "PLAN MB", "STATE", "STATUS s", "RSS MB", "CHECKED", "PLAN IN CLUSTER (publish s, CMs, largest KiB; Job's status s)")
 	for _, r := range rs {
 		before := "-"
 		if r.Baseline != nil {
@@ -586,12 +602,12 @@ func FormatTable(rs []*Result) string {
 		if r.Load != nil {
 			after = fmt.Sprintf("%.1f (%.0f, %.0f)", r.Load.Took.Seconds(), r.Load.ObjectsPerSec, r.Load.ServicesPerSec)
 		}
-		inCluster := "accepted"
-		if r.PlanInCluster != "" {
-			inCluster = "refused: " + r.PlanInCluster
+		inCluster := fmt.Sprintf("%.2f, %d, %.0f; %.2f", r.Publish.Wall.Seconds(), r.Published.ConfigMaps, float64(r.Published.Largest)/1024, r.StatusInCluster.Wall.Seconds())
+		if r.PublishErr != "" {
+			inCluster = "refused: " + r.PublishErr
 		}
-		fmt.Fprintf(&b, "%-6d %-22s %-28s %-8.2f %-8d %-8d %-14s %-7.2f %-7s %-8.2f %-8d %-8s %s\n",
-			r.Namespaces, before, after, r.Plan.Wall.Seconds(), r.Plan.MaxRSS>>20, r.PlanProm.Queries,
+		fmt.Fprintf(&b, "%-6d %-22s %-28s %-14s %-8d %-8d %-14s %-7.2f %-7s %-8.2f %-8d %-8s %s\n",
+			r.Namespaces, before, after, fmt.Sprintf("%.2f (%.2f)", r.Plan.Wall.Seconds(), r.PlanReplayed.Wall.Seconds()), r.Plan.MaxRSS>>20, r.PlanProm.Queries,
 			fmt.Sprintf("%.2f (%.2f)", mb(r.PlanProm.JSONBytes), mb(r.PlanProm.WireBytes)), mb(r.PlanBytes),
 			fmt.Sprintf("%d/%dB", r.State.ConfigMaps, r.State.DataBytes), r.Status.Wall.Seconds(), r.Status.MaxRSS>>20,
 			fmt.Sprintf("%d/%d", r.Checked-len(r.Mismatches), r.Namespaces), inCluster)

@@ -114,6 +114,8 @@ func BenchmarkScale(b *testing.B) {
 func report(b *testing.B, r *Result) {
 	b.ReportMetric(0, "ns/op") // one op is a whole run, cluster and load included
 	b.ReportMetric(r.Plan.Wall.Seconds(), "wall-s")
+	b.ReportMetric(r.PlanReplayed.Wall.Seconds(), "replayed-wall-s")
+	b.ReportMetric(r.StatusInCluster.Wall.Seconds(), "status-job-wall-s")
 	b.ReportMetric(float64(r.Plan.MaxRSS)/(1<<20), "maxrss-MB")
 	b.ReportMetric(mb(r.PlanProm.JSONBytes), "prom-MB")
 	b.ReportMetric(mb(r.PlanBytes), "plan-MB")
