@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 	istio "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/inventory"
 	"github.com/mtls-migrate/mtls-migrate/internal/istiometrics"
@@ -33,6 +34,9 @@ import (
 type Inputs struct {
 	Kube  kubernetes.Interface
 	Istio istio.Interface
+	// Metadata, when set, lists pods as metadata outside the namespaces
+	// with workload policies (inventory.GatherModes).
+	Metadata metadata.Interface
 	// Store is the migration state; StateNamespace names where it lives
 	// (for messages, and to tell a missing namespace from a missing
 	// ConfigMap).
@@ -146,7 +150,7 @@ func Build(ctx context.Context, in Inputs) (*Report, error) {
 	if in.Now != nil {
 		now = in.Now
 	}
-	inv, err := inventory.GatherModes(ctx, inventory.Clients{Kube: in.Kube, Istio: in.Istio})
+	inv, err := inventory.GatherModes(ctx, inventory.Clients{Kube: in.Kube, Istio: in.Istio, Metadata: in.Metadata})
 	if err != nil {
 		return nil, fmt.Errorf("read the cluster state: %w", err)
 	}

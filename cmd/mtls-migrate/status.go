@@ -95,7 +95,7 @@ func (o *statusOptions) Run(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	in.Kube, in.Istio = clients.Kube, clients.Istio
+	in.Kube, in.Istio, in.Metadata = clients.Kube, clients.Istio, clients.Metadata
 	in.Store = state.NewConfigMapStore(clients.Kube, o.StateNamespace)
 
 	rep, err := status.Build(cmd.Context(), in)

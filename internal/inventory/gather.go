@@ -3,6 +3,7 @@ package inventory
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"sort"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/pager"
 
 	"github.com/mtls-migrate/mtls-migrate/internal/meshconfig"
@@ -32,10 +34,13 @@ const DefaultRootNamespace = meshconfig.DefaultRootNamespace
 
 // Clients are what Gather reads through. Dynamic is optional: without it
 // APIServices and CRD conversion webhooks are not checked (a warning says so).
+// Metadata is optional too: with it GatherModes reads most pods as
+// metadata only (see GatherModes).
 type Clients struct {
-	Kube    kubernetes.Interface
-	Istio   istio.Interface
-	Dynamic dynamic.Interface
+	Kube     kubernetes.Interface
+	Istio    istio.Interface
+	Dynamic  dynamic.Interface
+	Metadata metadata.Interface
 }
 
 // gatherStep reads one kind into the inventory.
@@ -73,8 +78,90 @@ func Gather(ctx context.Context, c Clients) (*Inventory, error) {
 // GatherModes reads only what effective modes need (mesh config,
 // namespaces, pods, PeerAuthentications): `status` uses it, so it needs
 // neither the planner's other reads nor their RBAC.
+//
+// With a metadata client, pods are read in full only in the namespaces
+// where a PeerAuthentication selects workloads (outside the root
+// namespace, where Istio ignores selectors): only there do status'
+// overrides need the pods' ports and workload names. Elsewhere a pod is
+// its metadata (PartialPods): a pod of 20,000 in a mesh is about 12 KB of
+// protobuf in full, and decoding them all was most of status' time.
 func GatherModes(ctx context.Context, c Clients) (*Inventory, error) {
-	return gather(ctx, c, modeSteps)
+	if c.Metadata == nil {
+		return gather(ctx, c, modeSteps)
+	}
+	return gather(ctx, c, []gatherStep{
+		{"namespaces", listNamespaces},
+		{"PeerAuthentications", listPeerAuthentications},
+		{"pods", listPodsForModes},
+	})
+}
+
+// listPodsForModes lists every pod's metadata, then the pods of the
+// namespaces with workload policies in full.
+func listPodsForModes(ctx context.Context, c Clients, inv *Inventory) error {
+	full := map[string]bool{}
+	for _, pa := range inv.PeerAuthentications {
+		if len(pa.Selector) > 0 && pa.Namespace != inv.RootNamespace {
+			full[pa.Namespace] = true
+		}
+	}
+	pods := c.Metadata.Resource(corev1.SchemeGroupVersion.WithResource("pods"))
+	err := eachPage(ctx, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return pods.List(ctx, o)
+	}, func(obj runtime.Object) error {
+		m, ok := obj.(*metav1.PartialObjectMetadata)
+		if !ok {
+			return fmt.Errorf("unexpected %T in pod metadata list", obj)
+		}
+		if !full[m.Namespace] {
+			inv.Pods = append(inv.Pods, PodFromMetadata(m))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(full))
+	for _, ns := range names {
+		err := eachPage(ctx, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.Kube.CoreV1().Pods(ns).List(ctx, o)
+		}, func(obj runtime.Object) error {
+			pod, ok := obj.(*corev1.Pod)
+			if !ok {
+				return fmt.Errorf("unexpected %T in pod list", obj)
+			}
+			inv.Pods = append(inv.Pods, PodFrom(pod))
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("namespace %s: %w", ns, err)
+		}
+	}
+	return nil
+}
+
+// annSidecarStatus is the annotation Istio's injector writes on every pod
+// it injects (and istioctl kube-inject too): the injection's own marker,
+// by which the webhook tells an already injected pod
+// (pkg/kube/inject/webhook.go in istio: alreadyInjected, and line 776
+// where it is written).
+const annSidecarStatus = "sidecar.istio.io/status"
+
+// PodFromMetadata reduces a pod's metadata to what namespace-level modes
+// need: Sidecar is "injected" (the sidecar.istio.io/status annotation)
+// and not a gateway by its labels. Partial is set: Running, Ports and the
+// workload name are not known (Workload is the pod's name).
+func PodFromMetadata(m *metav1.PartialObjectMetadata) Pod {
+	p := Pod{Namespace: m.Namespace, Name: m.Name, Labels: m.Labels, Workload: m.Name, WorkloadKind: "Pod", Partial: true}
+	if _, ok := m.Annotations[annSidecarStatus]; ok {
+		p.Gateway = isGatewayLabels(m.Labels)
+		p.Sidecar = !p.Gateway
+	}
+	return p
+}
+
+func isGatewayLabels(l map[string]string) bool {
+	return strings.HasSuffix(l["istio"], "gateway") || l["gateway.networking.k8s.io/gateway-name"] != ""
 }
 
 func gather(ctx context.Context, c Clients, stepLists ...[]gatherStep) (*Inventory, error) {
@@ -177,7 +264,7 @@ func PodFrom(pod *corev1.Pod) Pod {
 				router = true
 			}
 		}
-		p.Gateway = router || strings.HasSuffix(pod.Labels["istio"], "gateway") || pod.Labels["gateway.networking.k8s.io/gateway-name"] != ""
+		p.Gateway = router || isGatewayLabels(pod.Labels)
 		p.Sidecar = !p.Gateway
 	}
 	p.Workload, p.WorkloadKind = workloadName(pod, proxy)

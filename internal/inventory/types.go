@@ -84,6 +84,9 @@ type Pod struct {
 	Sidecar bool
 	// Gateway: an Istio gateway (proxy in router mode), not a sidecar.
 	Gateway bool
+	// Partial: only the pod's metadata was read (PodFromMetadata), so
+	// Running, Ports, IP and the workload name are unknown.
+	Partial bool
 	Ports   []ContainerPort
 	// ExcludedInboundPorts are ports not captured by the sidecar
 	// (traffic.sidecar.istio.io/excludeInboundPorts, or outside a

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 )
 
@@ -18,6 +19,9 @@ type Clients struct {
 	Config *rest.Config
 	Kube   kubernetes.Interface
 	Istio  istio.Interface
+	// Metadata lists objects as their metadata only (protobuf, as
+	// metadata.ConfigFor sets it up).
+	Metadata metadata.Interface
 }
 
 // New builds clients from the cluster flags.
@@ -48,5 +52,9 @@ func New(getter genericclioptions.RESTClientGetter) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("istio client for %s: %w", cfg.Host, err)
 	}
-	return &Clients{Config: cfg, Kube: k, Istio: i}, nil
+	m, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("metadata client for %s: %w", cfg.Host, err)
+	}
+	return &Clients{Config: cfg, Kube: k, Istio: i, Metadata: m}, nil
 }
