@@ -46,6 +46,12 @@ type Inputs struct {
 	// are shown, and adds the stages not started yet.
 	Plan       *plans.Plan
 	PlanDigest string
+	// LoadPlan, when set instead, loads Plan and PlanDigest while the
+	// cluster is read: parsing a 2,000-stage plan (11 MB of YAML) takes as
+	// long as reading the cluster, and the two need different resources
+	// (a core, the API server). Its error is returned as it is, before
+	// any error of the cluster read.
+	LoadPlan func(context.Context) (*plans.Plan, string, error)
 	// Prometheus is nil when none is configured; rates are then unknown.
 	Prometheus        istiometrics.Querier
 	PrometheusURL     string
@@ -150,7 +156,26 @@ func Build(ctx context.Context, in Inputs) (*Report, error) {
 	if in.Now != nil {
 		now = in.Now
 	}
+	type loaded struct {
+		plan   *plans.Plan
+		digest string
+		err    error
+	}
+	planc := make(chan loaded, 1)
+	if in.LoadPlan != nil {
+		go func() {
+			p, d, err := in.LoadPlan(ctx)
+			planc <- loaded{p, d, err}
+		}()
+	}
 	inv, err := inventory.GatherModes(ctx, inventory.Clients{Kube: in.Kube, Istio: in.Istio, Metadata: in.Metadata})
+	if in.LoadPlan != nil {
+		l := <-planc
+		if l.err != nil {
+			return nil, l.err
+		}
+		in.Plan, in.PlanDigest = l.plan, l.digest
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read the cluster state: %w", err)
 	}

@@ -303,6 +303,17 @@ func TestStatusJoinsStageState(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The same plan through LoadPlan (loaded while the cluster
+			// is read) gives the same report.
+			in = inputs(kube, istio, tt.store, &fakeProm{})
+			in.LoadPlan = func(context.Context) (*plans.Plan, string, error) { return tt.plan, tt.digest, nil }
+			viaLoader, err := Build(context.Background(), in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(viaLoader, rep) {
+				t.Errorf("with LoadPlan:\n%+v\nwith Plan:\n%+v", viaLoader, rep)
+			}
 			for ns, want := range tt.want {
 				got := ""
 				if s := row(t, rep, ns).Stage; s != nil {
@@ -572,5 +583,23 @@ func TestStatusTable(t *testing.T) {
 	want := string(wantB)
 	if buf.String() != want {
 		t.Errorf("table\n%s\nwant (%s)\n%s", buf.String(), golden, want)
+	}
+}
+
+// TestLoadPlanErrorIsReturnedAsItIs: an invalid plan is the error status
+// reports (the command maps it to exit 2), even when reading the cluster
+// fails too.
+func TestLoadPlanErrorIsReturnedAsItIs(t *testing.T) {
+	kube, istio := shop()
+	in := inputs(kube, istio, state.NewMemory(), &fakeProm{})
+	invalid := errors.New("plan.yaml: stage 3: unknown mode")
+	in.LoadPlan = func(context.Context) (*plans.Plan, string, error) { return nil, "", invalid }
+	k := k8sfake.NewClientset()
+	k.PrependReactor("list", "namespaces", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New("connection refused")
+	})
+	in.Kube = k
+	if _, err := Build(context.Background(), in); !errors.Is(err, invalid) {
+		t.Fatalf("err %v, want the plan's error", err)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/mtls-migrate/mtls-migrate/internal/cli"
 	"github.com/mtls-migrate/mtls-migrate/internal/promclient"
 	"github.com/mtls-migrate/mtls-migrate/internal/state"
+	"github.com/mtls-migrate/mtls-migrate/plans"
 	"github.com/mtls-migrate/mtls-migrate/status"
 )
 
@@ -75,13 +77,6 @@ func (o *statusOptions) Run(cmd *cobra.Command) error {
 		return err
 	}
 	in := status.Inputs{StateNamespace: o.StateNamespace, RateWindow: o.RateWindow, Now: o.now}
-	if o.PlanPath != "" {
-		loaded, _, err := o.f.loadPlan(cmd.Context(), o.PlanPath)
-		if err != nil {
-			return err
-		}
-		in.Plan, in.PlanDigest = loaded.Plan, loaded.Digest
-	}
 	// Prometheus is optional here: no URL leaves the rates unknown, but a
 	// malformed one is still bad usage.
 	if o.f.promURL != "" {
@@ -97,6 +92,17 @@ func (o *statusOptions) Run(cmd *cobra.Command) error {
 	}
 	in.Kube, in.Istio, in.Metadata = clients.Kube, clients.Istio, clients.Metadata
 	in.Store = state.NewConfigMapStore(clients.Kube, o.StateNamespace)
+	if o.PlanPath != "" {
+		// Loaded while status reads the cluster (the clients exist, so
+		// loadPlan only reads through them).
+		in.LoadPlan = func(ctx context.Context) (*plans.Plan, string, error) {
+			loaded, _, err := o.f.loadPlan(ctx, o.PlanPath)
+			if err != nil {
+				return nil, "", err
+			}
+			return loaded.Plan, loaded.Digest, nil
+		}
+	}
 
 	rep, err := status.Build(cmd.Context(), in)
 	if err != nil {
