@@ -96,6 +96,18 @@ services:
   - {name: curl, namespace: legacy, ports: [{name: http, port: 8080}]}
 `
 
+// startIstiodMatrix starts a sandbox of istiodMatrixScenario with istiod.
+func startIstiodMatrix(t *testing.T) *sandbox.Sandbox {
+	t.Helper()
+	scn, err := scenario.Parse([]byte(istiodMatrixScenario))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startScenario(t, "quiet-namespace.yaml", func(sc *scenario.Scenario) { *sc = *scn })
+	needIstiod(t, s)
+	return s
+}
+
 // TestE2EIstiodDecidesLikeOurRules runs policy sets through istiod and the
 // data plane's own rules at once and lists where they decide differently:
 // inbound (plaintext and mTLS to every port, including 7070, which no
@@ -103,12 +115,7 @@ services:
 // every Service port with auto mTLS and DestinationRules). Every
 // disagreement fails the test with the detail.
 func TestE2EIstiodDecidesLikeOurRules(t *testing.T) {
-	scn, err := scenario.Parse([]byte(istiodMatrixScenario))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startScenario(t, "quiet-namespace.yaml", func(sc *scenario.Scenario) { *sc = *scn })
-	needIstiod(t, s)
+	s := startIstiodMatrix(t)
 	d := dyn(t, s)
 	api := map[string]string{"app": "api"}
 	dr := func(ns, name, host, mode string, ports map[int64]string) *unstructured.Unstructured {
@@ -243,12 +250,7 @@ func authzPolicy(ns, name string, annotations map[string]string, spec map[string
 // case has an outcome the policy changes, checked before the policy too,
 // so a data plane that ignored RBAC fails.
 func TestE2EIstiodAuthorizationPolicies(t *testing.T) {
-	scn, err := scenario.Parse([]byte(istiodMatrixScenario))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startScenario(t, "quiet-namespace.yaml", func(sc *scenario.Scenario) { *sc = *scn })
-	needIstiod(t, s)
+	s := startIstiodMatrix(t)
 	d := dyn(t, s)
 	ctx := context.Background()
 	api := map[string]any{"matchLabels": map[string]any{"app": "api"}}

@@ -19,8 +19,15 @@ var testEnd = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 
 func startServer(t *testing.T, w *World) v1.API {
 	t.Helper()
+	_, a := startServerReplaying(t, w, false)
+	return a
+}
+
+func startServerReplaying(t *testing.T, w *World, replay bool) (*PromServer, v1.API) {
+	t.Helper()
 	p := NewPromServer(w)
 	p.Now = func() time.Time { return w.Opts.End }
+	p.SetReplay(replay)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +36,7 @@ func startServer(t *testing.T, w *World) v1.API {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v1.NewAPI(c)
+	return p, v1.NewAPI(c)
 }
 
 // TestSyntheticPrometheusAnswersThePlannersQueriesFromTheWorld runs the
@@ -153,18 +160,7 @@ func TestPromQLSubset(t *testing.T) {
 // even at another evaluation time; a new query is evaluated.
 func TestReplayServesTheFirstAnswer(t *testing.T) {
 	w := NewWorld(WorldOptions{Namespaces: 10, End: testEnd})
-	p := NewPromServer(w)
-	p.Now = func() time.Time { return w.Opts.End }
-	p.SetReplay(true)
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	c, err := api.NewClient(api.Config{Address: p.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	promAPI := v1.NewAPI(c)
+	p, promAPI := startServerReplaying(t, w, true)
 	q := status.PlaintextQuery(5 * time.Minute)
 	first, _, _, err := promAPI.Query(context.Background(), q, testEnd)
 	if err != nil {

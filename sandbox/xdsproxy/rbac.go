@@ -8,12 +8,13 @@ import (
 	"sort"
 	"strings"
 
+	xdsmatcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	httprbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // This file is the sidecar's authorization: the RBAC filters istiod renders
@@ -169,19 +170,27 @@ func allOf(fs []matchFn, in *AuthzInput) bool {
 	return true
 }
 
-// decodeNetworkRBAC and decodeHTTPRBAC compile one filter's typed config.
-func decodeNetworkRBAC(c *netrbacv3.RBAC) (rbacFilter, error) {
-	if c.GetMatcher() != nil || c.GetShadowMatcher() != nil {
-		return rbacFilter{}, fmt.Errorf("network RBAC filter %q uses the matcher API, which the sandbox does not model", c.GetStatPrefix())
-	}
-	return compileFilter(c.GetRules(), c.GetShadowRules(), c.GetShadowRulesStatPrefix())
+// rbacConfig is what the network and the HTTP RBAC filters' configs
+// (envoy.extensions.filters.{network,http}.rbac.v3.RBAC) have in common.
+type rbacConfig interface {
+	proto.Message
+	GetRules() *rbacv3.RBAC
+	GetShadowRules() *rbacv3.RBAC
+	GetShadowRulesStatPrefix() string
+	GetMatcher() *xdsmatcherv3.Matcher
+	GetShadowMatcher() *xdsmatcherv3.Matcher
 }
 
-func decodeHTTPRBAC(c *httprbacv3.RBAC) (rbacFilter, error) {
-	if c.GetMatcher() != nil || c.GetShadowMatcher() != nil {
-		return rbacFilter{}, fmt.Errorf("HTTP RBAC filter uses the matcher API, which the sandbox does not model")
+// decodeRBAC unpacks one RBAC filter's typed config into cfg (a
+// *netrbacv3.RBAC or *httprbacv3.RBAC) and compiles it.
+func decodeRBAC(a *anypb.Any, cfg rbacConfig) (rbacFilter, error) {
+	if err := a.UnmarshalTo(cfg); err != nil {
+		return rbacFilter{}, err
 	}
-	return compileFilter(c.GetRules(), c.GetShadowRules(), c.GetShadowRulesStatPrefix())
+	if cfg.GetMatcher() != nil || cfg.GetShadowMatcher() != nil {
+		return rbacFilter{}, fmt.Errorf("RBAC filter uses the matcher API, which the sandbox does not model")
+	}
+	return compileFilter(cfg.GetRules(), cfg.GetShadowRules(), cfg.GetShadowRulesStatPrefix())
 }
 
 func compileFilter(rules, shadow *rbacv3.RBAC, shadowPrefix string) (rbacFilter, error) {
@@ -211,30 +220,24 @@ func compileEngine(r *rbacv3.RBAC) (*rbacEngine, error) {
 		if p.GetCondition() != nil || p.GetCheckedCondition() != nil {
 			return nil, fmt.Errorf("policy %s has a CEL condition, which the sandbox does not model", n)
 		}
-		cp := rbacPolicy{name: n}
-		for _, perm := range p.GetPermissions() {
-			f, err := compilePermission(perm)
-			if err != nil {
-				return nil, fmt.Errorf("policy %s: %w", n, err)
-			}
-			cp.permissions = append(cp.permissions, f)
+		perms, err := compileAll(p.GetPermissions(), compilePermission)
+		if err != nil {
+			return nil, fmt.Errorf("policy %s: %w", n, err)
 		}
-		for _, pr := range p.GetPrincipals() {
-			f, err := compilePrincipal(pr)
-			if err != nil {
-				return nil, fmt.Errorf("policy %s: %w", n, err)
-			}
-			cp.principals = append(cp.principals, f)
+		principals, err := compileAll(p.GetPrincipals(), compilePrincipal)
+		if err != nil {
+			return nil, fmt.Errorf("policy %s: %w", n, err)
 		}
-		e.policies = append(e.policies, cp)
+		e.policies = append(e.policies, rbacPolicy{name: n, permissions: perms, principals: principals})
 	}
 	return e, nil
 }
 
-func compilePermissions(ps []*rbacv3.Permission) ([]matchFn, error) {
-	out := make([]matchFn, 0, len(ps))
-	for _, p := range ps {
-		f, err := compilePermission(p)
+// compileAll compiles each of xs with compile.
+func compileAll[T any](xs []T, compile func(T) (matchFn, error)) ([]matchFn, error) {
+	out := make([]matchFn, 0, len(xs))
+	for _, x := range xs {
+		f, err := compile(x)
 		if err != nil {
 			return nil, err
 		}
@@ -248,13 +251,13 @@ func compilePermission(p *rbacv3.Permission) (matchFn, error) {
 	case *rbacv3.Permission_Any:
 		return func(*AuthzInput) bool { return r.Any }, nil
 	case *rbacv3.Permission_AndRules:
-		fs, err := compilePermissions(r.AndRules.GetRules())
+		fs, err := compileAll(r.AndRules.GetRules(), compilePermission)
 		if err != nil {
 			return nil, err
 		}
 		return func(in *AuthzInput) bool { return allOf(fs, in) }, nil
 	case *rbacv3.Permission_OrRules:
-		fs, err := compilePermissions(r.OrRules.GetRules())
+		fs, err := compileAll(r.OrRules.GetRules(), compilePermission)
 		if err != nil {
 			return nil, err
 		}
@@ -294,30 +297,18 @@ func compilePermission(p *rbacv3.Permission) (matchFn, error) {
 	return nil, fmt.Errorf("permission %T is not modelled by the sandbox", p.GetRule())
 }
 
-func compilePrincipals(ps []*rbacv3.Principal) ([]matchFn, error) {
-	out := make([]matchFn, 0, len(ps))
-	for _, p := range ps {
-		f, err := compilePrincipal(p)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, f)
-	}
-	return out, nil
-}
-
 func compilePrincipal(p *rbacv3.Principal) (matchFn, error) {
 	switch id := p.GetIdentifier().(type) {
 	case *rbacv3.Principal_Any:
 		return func(*AuthzInput) bool { return id.Any }, nil
 	case *rbacv3.Principal_AndIds:
-		fs, err := compilePrincipals(id.AndIds.GetIds())
+		fs, err := compileAll(id.AndIds.GetIds(), compilePrincipal)
 		if err != nil {
 			return nil, err
 		}
 		return func(in *AuthzInput) bool { return allOf(fs, in) }, nil
 	case *rbacv3.Principal_OrIds:
-		fs, err := compilePrincipals(id.OrIds.GetIds())
+		fs, err := compileAll(id.OrIds.GetIds(), compilePrincipal)
 		if err != nil {
 			return nil, err
 		}

@@ -193,7 +193,7 @@ func TestHeaderMatchAsEnvoy(t *testing.T) {
 			if err := protojson.Unmarshal([]byte(cfg), p); err != nil {
 				t.Fatal(err)
 			}
-			f, err := decodeHTTPRBAC(p)
+			f, err := decodeRBAC(mustAny(t, p), &httprbacv3.RBAC{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -393,11 +393,7 @@ func decodeFilters(c *chain, filters []*listenerv3.Filter) error {
 		tc := f.GetTypedConfig()
 		switch {
 		case tc.MessageIs(&netrbacv3.RBAC{}):
-			cfg := &netrbacv3.RBAC{}
-			if err := tc.UnmarshalTo(cfg); err != nil {
-				return fmt.Errorf("filter %s: %w", f.GetName(), err)
-			}
-			rf, err := decodeNetworkRBAC(cfg)
+			rf, err := decodeRBAC(tc, &netrbacv3.RBAC{})
 			if err != nil {
 				return fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
@@ -412,11 +408,7 @@ func decodeFilters(c *chain, filters []*listenerv3.Filter) error {
 				htc := hf.GetTypedConfig()
 				switch {
 				case htc.MessageIs(&httprbacv3.RBAC{}):
-					cfg := &httprbacv3.RBAC{}
-					if err := htc.UnmarshalTo(cfg); err != nil {
-						return fmt.Errorf("HTTP filter %s: %w", hf.GetName(), err)
-					}
-					rf, err := decodeHTTPRBAC(cfg)
+					rf, err := decodeRBAC(htc, &httprbacv3.RBAC{})
 					if err != nil {
 						return fmt.Errorf("HTTP filter %s: %w", hf.GetName(), err)
 					}
